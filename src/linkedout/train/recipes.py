@@ -1,0 +1,40 @@
+"""Tuned defaults per (model, protocol): what `linkedout train` uses unless told otherwise.
+
+Tuned on ml-100k's VALIDATION split only (never test); see docs/benchmarks.md for the search and
+the command behind every number. Anything passed on the command line overrides a recipe field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from linkedout.models import ModelConfig
+from linkedout.train.trainer import TrainConfig
+
+# (model, protocol) -> (model fields, train fields); "*" matches any protocol
+RECIPES: dict[tuple[str, str], tuple[dict, dict]] = {
+    ("pop", "*"): ({}, {}),
+    ("itemknn", "*"): ({"knn_neighbours": 200, "knn_history": 1}, {}),
+    ("sasrec", "recbole"): ({"dim": 64, "dropout": 0.2}, {"batch_size": 32, "lr": 2e-3, "patience": 10}),
+    ("sasrec", "microlens"): ({"dim": 64, "dropout": 0.2}, {"batch_size": 32, "lr": 1e-3, "patience": 10}),
+    ("gru4rec", "recbole"): ({"dim": 64, "dropout": 0.2}, {"batch_size": 32, "lr": 2e-3, "patience": 10}),
+    ("gru4rec", "microlens"): ({"dim": 64, "dropout": 0.2}, {"batch_size": 32, "lr": 1e-3, "patience": 10}),
+    ("mean", "*"): ({"dim": 64}, {"batch_size": 32, "lr": 1e-3}),
+}
+
+
+def recipe(model: str, protocol: str, **overrides) -> tuple[ModelConfig, TrainConfig]:
+    """Configs for ``model`` under ``protocol`` (preset name, possibly with "[...]" overrides), with any
+    non-None ``overrides`` (fields of ModelConfig or TrainConfig) applied on top."""
+    base_protocol = protocol.split("[")[0]
+    model_kw, train_kw = RECIPES.get((model, base_protocol)) or RECIPES.get((model, "*")) or ({}, {})
+    mc = replace(ModelConfig(name=model), **model_kw)
+    tc = replace(TrainConfig(), **train_kw)
+    model_fields = {f.name for f in fields(ModelConfig)}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - model_fields - train_fields
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}")
+    mc = replace(mc, **{k: v for k, v in overrides.items() if k in model_fields and v is not None})
+    tc = replace(tc, **{k: v for k, v in overrides.items() if k in train_fields and v is not None})
+    return mc, tc

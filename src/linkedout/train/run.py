@@ -1,0 +1,144 @@
+"""An experiment end to end: load a log, split it under a protocol, train, pick the best validation
+epoch, evaluate on test, and save a run directory that `linkedout evaluate` can re-score.
+
+Run directory layout::
+
+    run.json            dataset spec, protocol, model + train config, metrics, timings
+    model.safetensors   best-validation weights (gradient-trained models only)
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from linkedout.data.protocol import Protocol, Split, split
+from linkedout.models import ModelConfig, Recommender, build_model
+from linkedout.train.evaluate import evaluate
+from linkedout.train.trainer import TrainConfig, TrainResult, seed_everything, train
+
+
+@dataclass
+class DatasetSpec:
+    """How to reload the same events: a sample name (``ml-100k``) or a path, plus reader options."""
+
+    path: str = "ml-100k"
+    format: str | None = None
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    min_rating: float | None = None
+
+    def load(self):
+        from linkedout.data.formats import load_interactions
+
+        return load_interactions(
+            self.path,
+            format=self.format,
+            user_col=self.user_col,
+            item_col=self.item_col,
+            time_col=self.time_col,
+            min_rating=self.min_rating,
+        )
+
+
+@dataclass
+class RunResult:
+    dataset: str
+    protocol: dict
+    model: str
+    seed: int
+    metrics: dict[str, float]
+    valid_metrics: dict[str, float]
+    best_epoch: int
+    train_seconds: float
+    seconds_to_best: float
+    peak_rss_mb: float
+    data: dict = field(default_factory=dict)
+    model_config: dict = field(default_factory=dict)
+    train_config: dict = field(default_factory=dict)
+    dataset_spec: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def prepare_split(spec: DatasetSpec, protocol: Protocol) -> tuple[Split, str]:
+    loaded = spec.load()
+    return split(loaded.interactions, protocol), loaded.name
+
+
+def run_experiment(
+    spec: DatasetSpec,
+    protocol: Protocol,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    progress: bool = True,
+    prepared: tuple[Split, str] | None = None,
+) -> RunResult:
+    seed_everything(train_config.seed)
+    data_split, name = prepared or prepare_split(spec, protocol)
+    model = build_model(
+        model_config, data_split.n_items, protocol.max_seq_len, data_split.train_item_counts()
+    )
+    result: TrainResult = train(model, data_split, train_config, run_dir=run_dir, progress=progress)
+    started = time.perf_counter()
+    test = evaluate(
+        model, data_split, "test", batch_size=train_config.eval_batch_size, device=train_config.device
+    )
+    out = RunResult(
+        dataset=name,
+        protocol=protocol.to_dict(),
+        model=model_config.name,
+        seed=train_config.seed,
+        metrics=test,
+        valid_metrics=result.best_valid,
+        best_epoch=result.best_epoch,
+        train_seconds=result.train_seconds,
+        seconds_to_best=result.seconds_to_best,
+        peak_rss_mb=peak_rss_mb(),
+        data=data_split.summary(),
+        model_config=asdict(model_config),
+        train_config=asdict(train_config),
+        dataset_spec=asdict(spec),
+        history=result.history,
+    )
+    out.data["test_seconds"] = time.perf_counter() - started
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "run.json").write_text(json.dumps(out.to_json(), indent=1))
+    return out
+
+
+def load_run(run_dir: Path) -> tuple[Recommender, Split, RunResult]:
+    """Rebuild the model of a saved run with its best weights, and its split, for re-scoring."""
+    from safetensors.torch import load_file
+
+    path = run_dir / "run.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: is {run_dir} a directory written by `linkedout train --run-dir`?"
+        )
+    saved = RunResult(**json.loads(path.read_text()))
+    protocol = Protocol.from_dict(saved.protocol)
+    spec = DatasetSpec(**saved.dataset_spec)
+    data_split, _ = prepare_split(spec, protocol)
+    config = ModelConfig(**saved.model_config)
+    model = build_model(config, data_split.n_items, protocol.max_seq_len, data_split.train_item_counts())
+    model.fit(data_split)
+    if model.trainable:
+        model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model.eval()
+    return model, data_split, saved

@@ -1,0 +1,136 @@
+"""One-process trainer: epochs of shuffled next-item windows, validation every epoch, early stopping
+on a validation metric, best weights kept (and checkpointed as safetensors when a run dir is given)."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import save_file
+
+from linkedout.data.batches import TrainWindows
+from linkedout.data.protocol import Split
+from linkedout.models.base import Recommender, TrainBatch
+from linkedout.train.evaluate import evaluate
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 200
+    patience: int = 10  # epochs without validation improvement before stopping
+    select_metric: str = "NDCG@10"
+    jitter: bool = True  # random window phase per epoch (see TrainWindows)
+    grad_clip: float | None = 5.0
+    seed: int = 0
+    device: str = "cpu"
+    eval_batch_size: int = 512
+    max_train_seconds: float | None = None
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, valid metrics, seconds
+    train_seconds: float = 0.0
+    seconds_to_best: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    model: Recommender,
+    split: Split,
+    config: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fit ``model`` on ``split``'s training events; returns with the best validation weights loaded."""
+    started = time.perf_counter()
+    device = torch.device(config.device)
+    model.to(device)
+    model.fit(split)
+    if not model.trainable:
+        valid = evaluate(model, split, "valid", batch_size=config.eval_batch_size, device=device)
+        return TrainResult(0, valid, [{"epoch": 0, **valid}], time.perf_counter() - started, 0.0)
+
+    rng = np.random.default_rng(config.seed)
+    windows = TrainWindows(split.data.offsets[:-1], split.train_end, split.protocol.max_seq_len)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    best = TrainResult(-1, {config.select_metric: -math.inf})
+    best_state: dict[str, torch.Tensor] = {}
+    history: list[dict] = []
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task("epoch 1", total=config.epochs)
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            w_start, w_end = windows.sample(rng if config.jitter else None)
+            if not config.jitter:
+                order = rng.permutation(len(w_end))
+                w_start, w_end = w_start[order], w_end[order]
+            total, steps = 0.0, 0
+            for lo in range(0, len(w_end), config.batch_size):
+                inputs, targets = windows.batch(
+                    split.data.items, w_start[lo : lo + config.batch_size], w_end[lo : lo + config.batch_size]
+                )
+                batch = TrainBatch(torch.from_numpy(inputs), torch.from_numpy(targets)).to(device)
+                loss = model.loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                total += loss.item()
+                steps += 1
+            valid = evaluate(model, split, "valid", batch_size=config.eval_batch_size, device=device)
+            elapsed = time.perf_counter() - started
+            record = {
+                "epoch": epoch,
+                "loss": total / max(steps, 1),
+                "seconds": time.perf_counter() - epoch_start,
+                **valid,
+            }
+            history.append(record)
+            score = valid[config.select_metric]
+            if score > best.best_valid[config.select_metric]:
+                best = TrainResult(epoch, valid, seconds_to_best=elapsed)
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if run_dir is not None:
+                    save_checkpoint(model, run_dir / "model.safetensors")
+            bar.update(
+                task,
+                advance=1,
+                description=f"epoch {epoch} loss {record['loss']:.4f} valid {config.select_metric} "
+                f"{score:.4f} (best {best.best_valid[config.select_metric]:.4f} @ {best.best_epoch})",
+            )
+            if epoch - best.best_epoch >= config.patience:
+                break
+            if config.max_train_seconds and elapsed > config.max_train_seconds:
+                break
+    model.load_state_dict(best_state)
+    best.history = history
+    best.train_seconds = time.perf_counter() - started
+    return best
+
+
+def save_checkpoint(model: Recommender, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written checkpoint
