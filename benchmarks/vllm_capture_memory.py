@@ -106,7 +106,7 @@ def worker(path: str, variant: str, k: int, out_file: str) -> None:
     bb = load_vllm_backbone(path, layers=layers, new_tokens=k, summary_tokens=SUMMARY, keep_new_tokens=True)
     video = [ItemInput("v", random_frames(FRAMES, HEIGHT, WIDTH, seed=0), "a title")]
     warm = [ItemInput("w", random_frames(1, HEIGHT, WIDTH, seed=1), "a title")]
-    gen_cfg = bb._generation_config()
+    gen_cfg = bb.generation_config()
 
     def run(items):
         if variant == "hooks":

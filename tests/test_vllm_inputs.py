@@ -171,3 +171,35 @@ def test_idefics3_frames_match_the_image_processor_without_splitting(checkpoint,
     proc = Idefics3ImageProcessorPil.from_pretrained(path)
     ref = proc(images=[list(frames)], do_image_splitting=False, return_tensors="pt")["pixel_values"][0]
     torch.testing.assert_close(mine, ref, rtol=0, atol=1e-6)  # both Lanczos in PIL
+
+
+def test_text_only_chat_template_is_skipped_for_one_that_keeps_the_video(checkpoint, tmp_path):
+    import shutil
+
+    from linkedout.backbones.vllm.llava_onevision import FALLBACK_CHAT_TEMPLATE
+
+    path = tmp_path / "text_only_template"
+    shutil.copytree(checkpoint("llava_onevision"), path)
+    (path / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    a = adapter(path)
+    assert a.chat_template == FALLBACK_CHAT_TEMPLATE
+    assert (
+        adapter(checkpoint("llava_onevision")).chat_template
+        == (checkpoint("llava_onevision") / "chat_template.jinja").read_text()
+    )
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+def test_prompt_ids_equal_tokenising_the_expanded_prompt(checkpoint, family):
+    """What the processor does: render the chat with the text, repeat the placeholder N times,
+    tokenise the whole string."""
+    from linkedout.backbones.base import ItemInput
+    from linkedout.backbones.vllm.common import USER_TEXT_MARK, VIDEO_CONTENT, render_chat
+
+    a = adapter(checkpoint(family))
+    text = "Title: a cat video\n\nDescribe this video."
+    prepared = a.prepare([ItemInput("v", random_frames(4, 24, 32))], [text])
+    n = int((prepared.unit_ids >= 0).sum())
+    rendered = render_chat(a.tokenizer, a.chat_template, VIDEO_CONTENT).replace(USER_TEXT_MARK, text)
+    expanded = rendered.replace(a.video_token, a.video_token * n)
+    assert prepared.input_ids[0].tolist() == a.tokenizer(expanded, add_special_tokens=False)["input_ids"]

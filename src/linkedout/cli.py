@@ -218,3 +218,137 @@ def demo_cmd(
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         raise
+
+
+def _parse_int_layers(spec: str, backbone: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(
+            f"--layers for the {backbone} backbone is a comma list of integers, got {spec!r}"
+        ) from None
+
+
+@app.command("extract")
+def extract_cmd(
+    catalog: str = typer.Option(
+        ...,
+        "--catalog",
+        help="Folder of videos, manifest (CSV/TSV/Parquet), or samples:small / samples:bench.",
+    ),
+    backbone: str = typer.Option("frames", "--backbone", help="frames | text | vllm"),
+    store: Path = typer.Option(..., "--store", help="Feature store directory (created, or resumed)."),
+    frames: int = typer.Option(8, "--frames", help="T frames sampled uniformly over each clip."),
+    size: int | None = typer.Option(
+        None,
+        "--size",
+        help="Short side of decoded frames, pixels (0 = as stored).",
+        show_default="frames 256, vllm 448",
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="Items per backbone call."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Decode workers (0 = decode in the main thread).", show_default="cores - 1"
+    ),
+    parallel: str = typer.Option("threads", "--parallel", help="threads | processes (decode workers)."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N catalog items."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Query for text / vllm backbones."),
+    layers: str | None = typer.Option(
+        None, "--layers", help="e.g. 0,4,16 (frames), 1,6 (text), every:4 (vllm)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="vllm: hub id or local folder."),
+    new_tokens: int | None = typer.Option(None, "--new-tokens", help="vllm: K generated tokens."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Decode again items that failed before."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run report as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Extract per-layer tokens for every catalog item into a feature store (resumable: re-run the same
+    command after an interruption; items already stored are skipped)."""
+    import json
+
+    from linkedout.backbones import BACKBONES, get_backbone
+    from linkedout.data.formats import DataFormatError
+    from linkedout.extract import ExtractError, default_frame_size, extract, load_catalog
+    from linkedout.store import FingerprintMismatchError
+    from linkedout.video import FrameSampler
+
+    kind = backbone.partition(":")[0]
+    try:
+        if kind not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if parallel not in ("threads", "processes"):
+            raise ValueError(f"--parallel must be threads or processes, not {parallel!r}")
+        unused = {
+            "--prompt": prompt is not None and kind == "frames",
+            "--model": model is not None and kind != "vllm",
+            "--new-tokens": new_tokens is not None and kind != "vllm",
+        }
+        for flag, bad in unused.items():
+            if bad:  # silently ignoring an option would make the user believe it took effect
+                raise ValueError(f"{flag} does not apply to the {kind} backbone")
+        items = load_catalog(catalog)
+        if len(items) == 0:
+            raise ValueError(f"the catalog {catalog} holds no items (no video files / empty manifest)")
+        options: dict = {"device": device}
+        if prompt is not None:
+            options["prompt"] = prompt
+        if layers is not None:
+            options["layers"] = layers if kind == "vllm" else _parse_int_layers(layers, kind)
+        if kind == "vllm":
+            options["batch_size"] = batch_size
+            if model is not None:
+                options["model"] = model
+            if new_tokens is not None:
+                options["new_tokens"] = new_tokens
+        sampler = None
+        if kind != "text":
+            short_side = default_frame_size(kind) if size is None else (size or None)  # 0 = stored size
+            sampler = FrameSampler(frames, short_side)
+            options["sampler"] = sampler.fingerprint()  # the backbone records it in its fingerprint too
+        bb = get_backbone(backbone, **options)
+        report = extract(
+            items,
+            bb,
+            store,
+            sampler=sampler,
+            batch_size=batch_size,
+            workers=workers,
+            parallel=parallel,  # type: ignore[arg-type]
+            limit=limit,
+            retry_failed=retry_failed,
+            progress=not quiet,
+        )
+    except (FileNotFoundError, DataFormatError, FingerprintMismatchError, ExtractError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if json_out:
+        typer.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        typer.echo(report.summary())
+        for item_id, reason in report.failed.items():
+            typer.echo(f"failed {item_id}: {reason}")
+        typer.echo(
+            f"store: {report.store_path} (fingerprint {report.fingerprint}); see `linkedout store info`"
+        )
+
+
+store_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Inspect feature stores.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("info")
+def store_info_cmd(
+    path: Path = typer.Argument(..., help="Feature store directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+) -> None:
+    """Counts, fingerprint(s), failures with reasons, size on disk."""
+    import json
+
+    from linkedout.extract import describe_store, format_store_info
+
+    try:
+        info = describe_store(path)
+    except (FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(info, indent=1, default=str) if json_out else format_store_info(info))

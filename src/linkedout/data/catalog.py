@@ -361,3 +361,26 @@ def _read_parquet(path: Path, rename: Mapping[str, str]) -> pa.Table:
                     )
                 seen[key] = r
     return table
+
+
+def item_text(row: Mapping[str, Any]) -> str:
+    """The text an item is known by when it has no video: "title (year); genre, genre" (+ other text)."""
+    title = row.get("title") or ""
+    year = row.get("year")
+    genres = row.get("genres") or []
+    text = f"{title} ({year})" if year else str(title)
+    if genres:
+        text += "; " + ", ".join(str(g) for g in genres)
+    extra = row.get("text")
+    return f"{text}. {extra}" if extra else text
+
+
+def catalog_from_item_table(table: Any, item_ids: Iterable[Any] | None = None) -> Catalog:
+    """A text-only catalog (no video paths) from an interaction log's item metadata, e.g. MovieLens
+    titles and genres, for the ``text`` backbone. ``item_ids`` limits and orders it (default: all)."""
+    ids = list(item_ids) if item_ids is not None else table.ids.tolist()
+    items = []
+    for raw in ids:
+        row = table.get(raw) or {}
+        items.append(CatalogItem(id=str(raw), path="", title=row.get("title"), text=item_text(row)))
+    return Catalog(items, source="item metadata")

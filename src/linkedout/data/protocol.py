@@ -30,6 +30,7 @@ class Protocol:
     ks: tuple[int, ...] = (10, 20)
     metrics: tuple[str, ...] = ("HR", "NDCG", "Recall", "MRR")
     sampled_negatives: int | None = None  # None = full ranking over all items (the honest default)
+    cold_items: float = 0.0  # fraction of items held out of training entirely (cold-start evaluation)
 
     def describe(self) -> str:
         parts = [f"protocol={self.name}"]
@@ -44,6 +45,10 @@ class Protocol:
         parts.append("leave-one-out by time (ties: item id)")
         parts.append(f"max-len={self.max_seq_len}")
         parts.append("history masked" if self.mask_history else "history NOT masked")
+        if self.cold_items:
+            parts.append(
+                f"cold-start: {self.cold_items:.0%} of items never trained on (half valid, half test)"
+            )
         if self.sampled_negatives:
             parts.append(f"SAMPLED ranking: target vs {self.sampled_negatives} random negatives")
         else:
@@ -142,25 +147,82 @@ class Split:
     valid: EvalSet
     test: EvalSet
     excluded_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # cold start: items held out of training entirely (see `with_cold_items`)
+    cold_valid_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cold_test_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    train_data: Interactions | None = None  # training events when they differ from data[:train_end]
 
     @property
     def n_items(self) -> int:
         return self.data.n_items
 
+    def train_sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items, starts, ends): user-ordered training sequences as ragged ranges over ``items``."""
+        if self.train_data is not None:
+            return self.train_data.items, self.train_data.offsets[:-1], self.train_data.offsets[1:]
+        return self.data.items, self.data.offsets[:-1], self.train_end
+
     def train_lengths(self) -> np.ndarray:
-        return self.train_end - self.data.offsets[:-1]
+        _, starts, ends = self.train_sequences()
+        return ends - starts
 
     def train_item_counts(self) -> np.ndarray:
-        in_train = np.arange(self.data.n_events) < self.train_end[self.data.event_users()]
-        return np.bincount(self.data.items[in_train], minlength=self.n_items)
+        from linkedout.data.batches import ragged_positions
+
+        items, starts, ends = self.train_sequences()
+        return np.bincount(items[ragged_positions(starts, ends)[1]], minlength=self.n_items)
+
+    def eval_set(self, which: str, subset: str = "all") -> EvalSet:
+        """``which`` = valid | test; ``subset`` = all | warm | cold (cold = target held out of training)."""
+        eval_set = {"valid": self.valid, "test": self.test}[which]
+        if subset == "all" or not self.is_cold_start:
+            if subset == "cold":
+                return eval_set.subset(np.zeros(len(eval_set), dtype=bool))
+            return eval_set
+        cold = self.cold_valid_items if which == "valid" else self.cold_test_items
+        all_cold = np.union1d(self.cold_valid_items, self.cold_test_items)
+        if subset == "cold":
+            return eval_set.subset(np.isin(eval_set.targets, cold))
+        if subset == "warm":
+            return eval_set.subset(~np.isin(eval_set.targets, all_cold))
+        raise ValueError(f"unknown subset {subset!r} (all, warm, cold)")
+
+    @property
+    def is_cold_start(self) -> bool:
+        return len(self.cold_valid_items) + len(self.cold_test_items) > 0
 
     def summary(self) -> dict:
-        return {
+        out = {
             **self.data.summary(),
             "train_events": int(self.train_lengths().sum()),
             "valid_users": len(self.valid),
             "test_users": len(self.test),
         }
+        if self.is_cold_start:
+            out["cold_items"] = len(self.cold_valid_items) + len(self.cold_test_items)
+            out["test_users_cold"] = len(self.eval_set("test", "cold"))
+            out["test_users_warm"] = len(self.eval_set("test", "warm"))
+        return out
+
+    def with_cold_items(self, fraction: float, seed: int = 0) -> Split:
+        """Hold ``fraction`` of the items out of training entirely (their events vanish from the training
+        sequences; histories at evaluation still show them). Half of them are validation-cold, half
+        test-cold, so model selection never sees the items that the cold-start test scores. Valid
+        events whose target is test-cold are dropped from validation for the same reason."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"cold fraction must be in (0, 1), got {fraction}")
+        rng = np.random.default_rng(seed)
+        items = rng.permutation(self.n_items)[: max(2, round(fraction * self.n_items))]
+        cold_valid, cold_test = np.sort(items[::2]), np.sort(items[1::2])
+        cold = np.zeros(self.n_items, dtype=bool)
+        cold[items] = True
+        positions = np.arange(self.data.n_events)
+        in_train = positions < self.train_end[self.data.event_users()]
+        train_data = self.data.select_events(in_train & ~cold[self.data.items], drop_unused_items=False)
+        valid = self.valid.subset(~np.isin(self.valid.targets, cold_test))
+        return replace(
+            self, valid=valid, cold_valid_items=cold_valid, cold_test_items=cold_test, train_data=train_data
+        )
 
 
 def split(data: Interactions, protocol: Protocol) -> Split:
@@ -173,4 +235,5 @@ def split(data: Interactions, protocol: Protocol) -> Split:
     users = np.flatnonzero(evaluable).astype(np.int64)
     valid = EvalSet(users, ends[users] - 2, data.items[ends[users] - 2].astype(np.int64))
     test = EvalSet(users, ends[users] - 1, data.items[ends[users] - 1].astype(np.int64))
-    return Split(data=data, protocol=protocol, train_end=train_end, valid=valid, test=test)
+    out = Split(data=data, protocol=protocol, train_end=train_end, valid=valid, test=test)
+    return out.with_cold_items(protocol.cold_items) if protocol.cold_items else out

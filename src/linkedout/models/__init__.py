@@ -25,14 +25,71 @@ class ModelConfig:
     logq: bool = False  # log-popularity correction for the in-batch loss
     knn_neighbours: int = 200
     knn_history: int = 1
+    # item side (issue: LinkedOut item encoders); features come from a feature store
+    item_encoder: str = "id"  # id | last | mean | dff | linkedout | caption
+    features: str | None = None  # feature store path (not needed for id)
+    id_fusion: bool = False  # fuse content with the ID embedding (DFF gate); DFF always does
+    id_dropout: float = 0.1
+    compressor: str = "attn"  # linkedout: attn | mlp
+    temperature: float = 1.0  # linkedout: gate softmax temperature
+    top_k: int | None = None  # linkedout: keep only the top-k layers per item
+    balance: float = 0.0  # linkedout: load-balancing weight
+
+
+ITEM_ENCODERS = ("id", "last", "mean", "dff", "linkedout", "caption")
+
+
+def build_item_encoder(
+    config: ModelConfig, n_items: int, features=None, train_counts=None
+) -> torch.nn.Module:
+    """The item side named by ``config.item_encoder``; content encoders need ``features`` (ItemFeatures)."""
+    from linkedout.models.item_encoders import CaptionEncoder, DFFEncoder, LastLayerEncoder, MeanLayersEncoder
+    from linkedout.models.linkedout import LinkedOutEncoder
+    from linkedout.models.sequential import IdItemEncoder
+
+    name = config.item_encoder
+    if name == "id":
+        return IdItemEncoder(n_items, config.dim)
+    if name not in ITEM_ENCODERS:
+        raise ValueError(f"unknown item encoder {name!r}; choose one of {ITEM_ENCODERS}")
+    if features is None:
+        raise ValueError(f"item encoder {name!r} needs features: pass --features STORE")
+    if features.tokens.shape[0] != n_items:
+        raise ValueError(f"features cover {features.tokens.shape[0]} items, the dataset has {n_items}")
+    known = torch.as_tensor(train_counts > 0) if train_counts is not None else None
+    kw = {"id_fusion": config.id_fusion, "known": known, "id_dropout": config.id_dropout}
+    if name == "last":
+        return LastLayerEncoder(features, config.dim, **kw)
+    if name == "mean":
+        return MeanLayersEncoder(features, config.dim, **kw)
+    if name == "dff":
+        kw["id_fusion"] = True
+        return DFFEncoder(features, config.dim, **kw)
+    if name == "caption":
+        return CaptionEncoder(features, config.dim, **kw)
+    return LinkedOutEncoder(
+        features,
+        config.dim,
+        compressor=config.compressor,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        balance=config.balance,
+        dropout=config.dropout,
+        **kw,
+    )
 
 
 def build_model(
-    config: ModelConfig, n_items: int, max_len: int, train_counts: np.ndarray | None = None
+    config: ModelConfig,
+    n_items: int,
+    max_len: int,
+    train_counts: np.ndarray | None = None,
+    features=None,
 ) -> Recommender:
-    """A fresh (unfitted, untrained) model named by ``config.name``."""
+    """A fresh (unfitted, untrained) model named by ``config.name``; content item encoders take
+    ``features`` (an `ItemFeatures` aligned to the dataset's items)."""
     from linkedout.models.baselines import ItemKNN, Popularity
-    from linkedout.models.sequential import IdItemEncoder, SequentialRecommender
+    from linkedout.models.sequential import SequentialRecommender
     from linkedout.models.user_encoders import build_user_encoder
 
     if config.name == "pop":
@@ -49,8 +106,9 @@ def build_model(
         user = build_user_encoder(
             config.name, config.dim, max_len, blocks=config.blocks, heads=config.heads, dropout=config.dropout
         )
-        return SequentialRecommender(IdItemEncoder(n_items, config.dim), user, loss=config.loss, logq=logq)
+        items = build_item_encoder(config, n_items, features, train_counts)
+        return SequentialRecommender(items, user, loss=config.loss, logq=logq)
     raise ValueError(f"unknown model {config.name!r}; choose one of {MODELS}")
 
 
-__all__ = ["MODELS", "ModelConfig", "Recommender", "TrainBatch", "build_model"]
+__all__ = ["ITEM_ENCODERS", "MODELS", "ModelConfig", "Recommender", "TrainBatch", "build_model"]

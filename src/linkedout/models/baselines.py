@@ -54,11 +54,11 @@ class ItemKNN(Recommender):
         self.similarity = sp.csr_matrix((n_items, n_items), dtype=np.float32)
 
     def fit(self, split) -> None:
-        data = split.data
-        rows, index = ragged_positions(data.offsets[:-1], split.train_end)
+        items, starts, ends = split.train_sequences()
+        rows, index = ragged_positions(starts, ends)
         ui = sp.csr_matrix(
-            (np.ones(len(index), dtype=np.float32), (rows, data.items[index])),
-            shape=(data.n_users, self.n_items),
+            (np.ones(len(index), dtype=np.float32), (rows, items[index])),
+            shape=(len(starts), self.n_items),
         )
         ui.data[:] = 1.0  # duplicates summed by csr: binarise
         norms = np.sqrt(np.asarray(ui.sum(0)).ravel())

@@ -54,23 +54,39 @@ class SequentialRecommender(Recommender):
         self.n_items = item_encoder.n_items
         # log sampling probability of each item as an in-batch negative (its training frequency)
         self.register_buffer("logq", logq if logq is not None else torch.zeros(self.n_items))
+        self._item_matrix: torch.Tensor | None = None
 
     def encode_history(self, history: torch.Tensor) -> torch.Tensor:
         valid = history != PAD
         x = self.item_encoder(history.clamp(min=0)) * valid[..., None]
         return self.user_encoder(x, valid)
 
+    def item_matrix(self) -> torch.Tensor:
+        """All item vectors ``[n_items, D]``; computed once per evaluation (cached while not training)."""
+        if self.training:
+            return self.item_encoder.all_items()
+        if self._item_matrix is None:
+            self._item_matrix = self.item_encoder.all_items()
+        return self._item_matrix
+
+    def train(self, mode: bool = True) -> SequentialRecommender:
+        self._item_matrix = None  # weights may change: drop the cached item matrix
+        return super().train(mode)
+
     def score_all_items(self, history: torch.Tensor) -> torch.Tensor:
         user = self.encode_history(history)[:, -1]
-        return user @ self.item_encoder.all_items().T
+        return user @ self.item_matrix().T
 
     def loss(self, batch: TrainBatch) -> torch.Tensor:
         states = self.encode_history(batch.inputs)
         valid = (batch.inputs != PAD) & (batch.targets != PAD)
         states, targets = states[valid], batch.targets[valid]
         if self.loss_name == "ce":
-            return F.cross_entropy(states @ self.item_encoder.all_items().T, targets)
-        return self._in_batch_loss(states, targets, batch, valid)
+            loss = F.cross_entropy(states @ self.item_encoder.all_items().T, targets)
+        else:
+            loss = self._in_batch_loss(states, targets, batch, valid)
+        aux = getattr(self.item_encoder, "pop_aux_loss", lambda: None)()
+        return loss if aux is None else loss + aux
 
     def _in_batch_loss(
         self, states: torch.Tensor, targets: torch.Tensor, batch: TrainBatch, valid: torch.Tensor

@@ -58,10 +58,12 @@ def evaluate(
     split: Split,
     which: str = "test",
     *,
+    subset: str = "all",
     batch_size: int = 512,
     device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """Metrics named ``"NDCG@10"`` etc. over ``split.valid`` or ``split.test``."""
-    eval_set = {"valid": split.valid, "test": split.test}[which]
+    """Metrics named ``"NDCG@10"`` etc. over ``split``'s valid or test events (``subset``: all, warm,
+    cold; warm/cold differ from all only under a cold-start protocol)."""
+    eval_set = split.eval_set(which, subset)
     ranks = rank_targets(model, split, eval_set, batch_size=batch_size, device=device)
     return metrics_from_ranks(ranks, split.protocol.ks, split.protocol.metrics)

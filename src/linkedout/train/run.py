@@ -13,8 +13,10 @@ import json
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from linkedout.data.protocol import Protocol, Split, split
 from linkedout.models import ModelConfig, Recommender, build_model
@@ -63,6 +65,9 @@ class RunResult:
     train_config: dict = field(default_factory=dict)
     dataset_spec: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    item_encoder: str = "id"
+    metrics_warm: dict[str, float] = field(default_factory=dict)  # cold-start protocols only
+    metrics_cold: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -78,6 +83,31 @@ def prepare_split(spec: DatasetSpec, protocol: Protocol) -> tuple[Split, str]:
     return split(loaded.interactions, protocol), loaded.name
 
 
+def load_features(model_config: ModelConfig, data_split: Split):
+    """ItemFeatures for a content item encoder (None for id-only), aligned to the split's items."""
+    if model_config.item_encoder == "id" or model_config.name in ("pop", "itemknn"):
+        return None
+    if not model_config.features:
+        raise ValueError(f"item encoder {model_config.item_encoder!r} needs --features STORE")
+    from linkedout.models.features import ItemFeatures
+
+    return ItemFeatures.from_store(model_config.features, data_split.data.item_ids)
+
+
+def build_for_split(model_config: ModelConfig, data_split: Split) -> tuple[Recommender, Split]:
+    """The model for ``data_split``; items that have no features and nothing to fall back on (no ID
+    fusion) are excluded from ranking, and the returned split says so."""
+    features = load_features(model_config, data_split)
+    counts = data_split.train_item_counts()
+    model = build_model(model_config, data_split.n_items, data_split.protocol.max_seq_len, counts, features)
+    if features is not None and features.n_missing:
+        fallback = model_config.id_fusion or model_config.item_encoder == "dff"
+        if not fallback:
+            missing = np.flatnonzero(~features.present.numpy())
+            data_split = replace(data_split, excluded_items=np.union1d(data_split.excluded_items, missing))
+    return model, data_split
+
+
 def run_experiment(
     spec: DatasetSpec,
     protocol: Protocol,
@@ -90,18 +120,16 @@ def run_experiment(
 ) -> RunResult:
     seed_everything(train_config.seed)
     data_split, name = prepared or prepare_split(spec, protocol)
-    model = build_model(
-        model_config, data_split.n_items, protocol.max_seq_len, data_split.train_item_counts()
-    )
+    model, data_split = build_for_split(model_config, data_split)
     result: TrainResult = train(model, data_split, train_config, run_dir=run_dir, progress=progress)
     started = time.perf_counter()
-    test = evaluate(
-        model, data_split, "test", batch_size=train_config.eval_batch_size, device=train_config.device
-    )
+    kw = {"batch_size": train_config.eval_batch_size, "device": train_config.device}
+    test = evaluate(model, data_split, "test", **kw)
     out = RunResult(
         dataset=name,
         protocol=protocol.to_dict(),
         model=model_config.name,
+        item_encoder=model_config.item_encoder,
         seed=train_config.seed,
         metrics=test,
         valid_metrics=result.best_valid,
@@ -115,6 +143,10 @@ def run_experiment(
         dataset_spec=asdict(spec),
         history=result.history,
     )
+    if data_split.is_cold_start:
+        out.metrics_warm = evaluate(model, data_split, "test", subset="warm", **kw)
+        out.metrics_cold = evaluate(model, data_split, "test", subset="cold", **kw)
+    out.data["excluded_items"] = len(data_split.excluded_items)
     out.data["test_seconds"] = time.perf_counter() - started
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +168,7 @@ def load_run(run_dir: Path) -> tuple[Recommender, Split, RunResult]:
     spec = DatasetSpec(**saved.dataset_spec)
     data_split, _ = prepare_split(spec, protocol)
     config = ModelConfig(**saved.model_config)
-    model = build_model(config, data_split.n_items, protocol.max_seq_len, data_split.train_item_counts())
+    model, data_split = build_for_split(config, data_split)
     model.fit(data_split)
     if model.trainable:
         model.load_state_dict(load_file(str(run_dir / "model.safetensors")))

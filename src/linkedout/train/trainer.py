@@ -69,7 +69,8 @@ def train(
         return TrainResult(0, valid, [{"epoch": 0, **valid}], time.perf_counter() - started, 0.0)
 
     rng = np.random.default_rng(config.seed)
-    windows = TrainWindows(split.data.offsets[:-1], split.train_end, split.protocol.max_seq_len)
+    train_items, train_starts, train_ends = split.train_sequences()
+    windows = TrainWindows(train_starts, train_ends, split.protocol.max_seq_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best = TrainResult(-1, {config.select_metric: -math.inf})
     best_state: dict[str, torch.Tensor] = {}
@@ -87,7 +88,7 @@ def train(
             total, steps = 0.0, 0
             for lo in range(0, len(w_end), config.batch_size):
                 inputs, targets = windows.batch(
-                    split.data.items, w_start[lo : lo + config.batch_size], w_end[lo : lo + config.batch_size]
+                    train_items, w_start[lo : lo + config.batch_size], w_end[lo : lo + config.batch_size]
                 )
                 batch = TrainBatch(torch.from_numpy(inputs), torch.from_numpy(targets)).to(device)
                 loss = model.loss(batch)

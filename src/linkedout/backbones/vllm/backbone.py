@@ -20,6 +20,7 @@ The hooked states are each decoder layer's output (the residual stream): for the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -131,21 +132,29 @@ class VideoLLMBackbone:
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.eos_ids = tuple(
-            dict.fromkeys([*eos, *([tokenizer.eos_token_id] if tokenizer.eos_token_id else [])])
+            dict.fromkeys([*eos, *([] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id])])
         )
         self.pad_id = pad_token_id(tokenizer, model.config)
 
     # ------------------------------------------------------------------------------ identity
+    @functools.cached_property
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """Which weights these are; computed once (it reads files, for a local folder ~1 MB per shard)."""
+        config_text = read_checkpoint_file(self.model_id, "config.json", self.revision) or ""
+        return {
+            "model": self.model_id,
+            "revision": self.revision,
+            "commit": model_commit(self.model_id, self.model.config),
+            "config_sha": short_sha(config_text),
+            "weights": local_weights_digest(self.model_id),
+        }
+
     def fingerprint_fields(self) -> dict[str, Any]:
         return {
             "backbone": self.name,
             "family": self.adapter.family,
             "model_type": self.model.config.model_type,
-            "model": self.model_id,
-            "revision": self.revision,
-            "commit": model_commit(self.model_id, self.model.config),
-            "config_sha": short_sha(read_checkpoint_file(self.model_id, "config.json", self.revision) or ""),
-            "weights": local_weights_digest(self.model_id),
+            **self.checkpoint_identity,
             "prompt": self.prompt,
             "aux_template": self.aux_template,
             "max_aux_chars": self.max_aux_chars,
@@ -191,12 +200,12 @@ class VideoLLMBackbone:
         ).to(self.device)
         k = self.new_tokens
         with LayerCapture(self.decoder.layers, self.layers, pool) as cap:
-            out = self.model.generate(**inputs, generation_config=self._generation_config())
+            out = self.model.generate(**inputs, generation_config=self.generation_config())
         generated = out[:, prepared.input_ids.shape[1] :]
         mask = new_token_mask(generated, k, self.eos_ids)
         return CaptureResult(prepared, cap.old_tokens(), cap.new_tokens(k), mask, generated)
 
-    def _generation_config(self) -> Any:
+    def generation_config(self) -> Any:
         from transformers import GenerationConfig
 
         # Everything that could change greedy decoding is explicit, so a checkpoint's sampling defaults
@@ -207,6 +216,9 @@ class VideoLLMBackbone:
             min_new_tokens=0,
             do_sample=False,
             num_beams=1,
+            temperature=1.0,  # neutral values, so that a checkpoint's sampling settings are not merged
+            top_k=50,  # in (they would be ignored, with a warning on every call)
+            top_p=1.0,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
             use_cache=self.new_tokens > 0,

@@ -5,14 +5,14 @@ without needing torchvision.
 A family adapter turns items into a list of *segments* per item:
 
 * ``Text(s)``       template text: its control tokens (``<|im_start|>``...) are encoded as such;
-* ``UserText(s)``   prompt / title / ASR: encoded as plain text even if it contains ``<video>``, so a
-                    title cannot inject a placeholder or an end-of-turn token;
+* ``UserText(s)``   prompt / title / ASR: control-token strings in it (``<video>``, ``<|im_end|>``) are
+                    broken up first, so a title cannot inject a placeholder or end the turn;
 * ``Media(unit, n)``  ``n`` copies of the media placeholder id for time unit ``unit`` (a frame, or a
                     temporal patch), which the model's forward replaces with vision features.
 
 `encode_segments` tokenises them and records each position's time unit, which is what the pooling
-matrix needs (`capture.pooling_matrix`). Tokenising the pieces separately gives the same ids as the
-processor's tokenising of the expanded string, because every piece boundary is a special token.
+matrix needs (`capture.pooling_matrix`). Text between two media runs is tokenised as one string, so
+the ids equal the processor's tokenising of the fully expanded prompt.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from linkedout.backbones.base import ItemInput
 
 # Private-use characters: no tokenizer or template produces them, so they mark where the user text goes.
 USER_TEXT_MARK = "\ue000linkedout-user-text\ue000"
+
+# One user turn: the video, then the user's text (aux + query) as a mark to cut at.
+VIDEO_CONTENT = [{"type": "video"}, {"type": "text", "text": USER_TEXT_MARK}]
 
 # PIL resample codes used in preprocessor configs (PILImageResampling).
 NEAREST, LANCZOS, BILINEAR, BICUBIC = 0, 1, 2, 3
@@ -69,7 +72,7 @@ class PreparedBatch:
     extra: dict[str, Any] = field(default_factory=dict)  # pixel_values*, grids, mm_token_type_ids...
 
     def model_inputs(self, device: torch.device | str, dtype: torch.dtype) -> dict[str, Any]:
-        """kwargs for ``model(...)`` / ``model.generate(...)``; floating tensors are cast to ``dtype``."""
+        """kwargs for ``model(...)`` / ``model.generate(...)``; pixel tensors are cast to ``dtype``."""
         out: dict[str, Any] = {
             "input_ids": self.input_ids.to(device),
             "attention_mask": self.attention_mask.to(device),
@@ -162,23 +165,53 @@ def build_segments(
     return out
 
 
+def neutralize_control_tokens(text: str, tokenizer: Any) -> str:
+    """User text with every added token string (``<video>``, ``<|im_end|>``...) broken by a zero-width
+    space after its first character, so the tokenizer reads it as plain text and a title cannot inject a
+    placeholder or end the turn. Text without such strings is returned unchanged."""
+    for token in control_token_strings(tokenizer):
+        if token in text:
+            text = text.replace(token, token[0] + "\u200b" + token[1:])
+    return text
+
+
+def control_token_strings(tokenizer: Any) -> list[str]:
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    strings = {str(t) for t in added.values()} | set(getattr(tokenizer, "all_special_tokens", []))
+    return sorted((t for t in strings if len(t) > 1), key=len, reverse=True)  # longest first
+
+
 def encode_segments(
     tokenizer: Any, segments: Sequence[Segment], media_id: int
 ) -> tuple[list[int], list[int]]:
-    """Token ids and per-token time units (-1 for text) of one item's segments."""
+    """Token ids and per-token time units (-1 for text) of one item's segments.
+
+    Adjacent text segments are joined and tokenised together, as the processor tokenises the whole
+    expanded prompt (BPE pre-tokenisers may merge across a template/user-text boundary, e.g. a blank line
+    before a word); text runs are cut only at media placeholders, which are special tokens, so cutting
+    there changes nothing.
+    """
     ids: list[int] = []
     units: list[int] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            piece = tokenizer("".join(run), add_special_tokens=False)["input_ids"]
+            ids.extend(piece)
+            units.extend([-1] * len(piece))
+            run.clear()
+
     for seg in segments:
         if isinstance(seg, Media):
-            ids += [media_id] * seg.count
-            units += [seg.unit] * seg.count
-            continue
-        if isinstance(seg, UserText):
-            piece = tokenizer(seg.text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            flush()
+            ids.extend([media_id] * seg.count)
+            units.extend([seg.unit] * seg.count)
+        elif isinstance(seg, UserText):
+            run.append(neutralize_control_tokens(seg.text, tokenizer))
         else:
-            piece = tokenizer(seg.text, add_special_tokens=False)["input_ids"]
-        ids += piece
-        units += [-1] * len(piece)
+            run.append(seg.text)
+    flush()
     return ids, units
 
 
@@ -246,20 +279,33 @@ def read_preprocessor_config(model_id: str, revision: str | None = None) -> tupl
     return {}, "defaults"
 
 
-def find_chat_template(model_id: str, revision: str | None, tokenizer: Any, fallback: str) -> str:
-    """The processor's chat template (it knows about video/image parts), else the tokenizer's, else the
-    family's built-in one. Processor templates live in ``chat_template.jinja`` or ``chat_template.json``."""
-    text = read_checkpoint_file(model_id, "chat_template.jinja", revision)
-    if text:
-        return text
-    text = read_checkpoint_file(model_id, "chat_template.json", revision)
-    if text:
-        return json.loads(text)["chat_template"]
-    text = read_checkpoint_file(model_id, "processor_config.json", revision)
-    if text and "chat_template" in (cfg := json.loads(text)):
-        return cfg["chat_template"]
-    template = getattr(tokenizer, "chat_template", None)
-    return template if isinstance(template, str) and template else fallback
+def find_chat_template(
+    model_id: str,
+    revision: str | None,
+    tokenizer: Any,
+    fallback: str,
+    content: list[dict[str, Any]],
+    placeholder: str,
+) -> str:
+    """The first chat template that renders ``content`` with both ``placeholder`` and the user text:
+    the processor's (it knows video/image parts; ``chat_template.jinja``, ``chat_template.json`` or
+    ``processor_config.json``), then the tokenizer's, then the family's built-in one. A text-only
+    template (which would silently drop the video) is skipped."""
+    candidates = [read_checkpoint_file(model_id, "chat_template.jinja", revision)]
+    for name in ("chat_template.json", "processor_config.json"):
+        text = read_checkpoint_file(model_id, name, revision)
+        candidates.append(json.loads(text).get("chat_template") if text else None)
+    candidates += [getattr(tokenizer, "chat_template", None), fallback]
+    for template in candidates:
+        if not isinstance(template, str) or not template:
+            continue
+        try:
+            rendered = render_chat(tokenizer, template, content)
+        except Exception:  # a template written for another message format
+            continue
+        if placeholder in rendered and USER_TEXT_MARK in rendered:
+            return template
+    return fallback
 
 
 # ------------------------------------------------------------------------------------------ frames

@@ -128,7 +128,10 @@ class Idefics3Adapter(FamilyAdapter):
 
             self.chat_template = DEFAULT_CHAT_TEMPLATE
         else:
-            self.chat_template = find_chat_template(model_id, revision, tokenizer, FALLBACK_CHAT_TEMPLATE)
+            content = [{"type": "image"}, {"type": "text", "text": USER_TEXT_MARK}]
+            self.chat_template = find_chat_template(
+                model_id, revision, tokenizer, FALLBACK_CHAT_TEMPLATE, content, self.image_token
+            )
         self.pad_id = pad_token_id(tokenizer, config)
 
     @staticmethod

@@ -23,7 +23,7 @@ from torch import nn
 from linkedout.backbones.base import ItemInput
 from linkedout.backbones.vllm.common import (
     BICUBIC,
-    USER_TEXT_MARK,
+    VIDEO_CONTENT,
     FamilyAdapter,
     Media,
     PreparedBatch,
@@ -72,7 +72,9 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         self.tokens_per_frame = math.ceil(side / 2) ** 2
         self.video_token_id = int(config.video_token_id)
         self.video_token = tokenizer.convert_ids_to_tokens(self.video_token_id)
-        self.chat_template = find_chat_template(model_id, revision, tokenizer, FALLBACK_CHAT_TEMPLATE)
+        self.chat_template = find_chat_template(
+            model_id, revision, tokenizer, FALLBACK_CHAT_TEMPLATE, VIDEO_CONTENT, self.video_token
+        )
         self.pad_id = pad_token_id(tokenizer, config)
 
     @staticmethod
@@ -94,9 +96,7 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         return normalize_frames(x, self.mean, self.std, self.rescale)
 
     def prepare(self, items: Sequence[ItemInput], texts: Sequence[str]) -> PreparedBatch:
-        rendered = render_chat(
-            self.tokenizer, self.chat_template, [{"type": "video"}, {"type": "text", "text": USER_TEXT_MARK}]
-        )
+        rendered = render_chat(self.tokenizer, self.chat_template, VIDEO_CONTENT)
         rows = []
         for item, text in zip(items, texts, strict=True):
             t = item.frames.shape[0]

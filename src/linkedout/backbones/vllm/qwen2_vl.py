@@ -30,7 +30,7 @@ from torch import nn
 from linkedout.backbones.base import ItemInput
 from linkedout.backbones.vllm.common import (
     BICUBIC,
-    USER_TEXT_MARK,
+    VIDEO_CONTENT,
     FamilyAdapter,
     Media,
     PreparedBatch,
@@ -112,7 +112,9 @@ class Qwen2VLAdapter(FamilyAdapter):
         self.is_2_5 = config.model_type == "qwen2_5_vl"
         self.video_token_id = int(config.video_token_id)
         self.video_token = tokenizer.convert_ids_to_tokens(self.video_token_id)
-        self.chat_template = find_chat_template(model_id, revision, tokenizer, FALLBACK_CHAT_TEMPLATE)
+        self.chat_template = find_chat_template(
+            model_id, revision, tokenizer, FALLBACK_CHAT_TEMPLATE, VIDEO_CONTENT, self.video_token
+        )
         self.pad_id = pad_token_id(tokenizer, config)
 
     @staticmethod
@@ -148,9 +150,7 @@ class Qwen2VLAdapter(FamilyAdapter):
         return patchify(x, self.patch, self.merge, self.temporal)
 
     def prepare(self, items: Sequence[ItemInput], texts: Sequence[str]) -> PreparedBatch:
-        rendered = render_chat(
-            self.tokenizer, self.chat_template, [{"type": "video"}, {"type": "text", "text": USER_TEXT_MARK}]
-        )
+        rendered = render_chat(self.tokenizer, self.chat_template, VIDEO_CONTENT)
         rows, patches, grids = [], [], []
         for item, text in zip(items, texts, strict=True):
             flat, (gt, gh, gw) = self.pixels(item.frames)

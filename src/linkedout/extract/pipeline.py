@@ -1,0 +1,583 @@
+"""Extraction pipeline: catalog -> decoded frames -> frozen backbone -> `FeatureStore`, resumable.
+
+::
+
+    catalog items (todo = not in store.done_ids(), minus known decode failures)
+        │  decode workers (threads by default, or processes), a bounded prefetch window, ordered
+        ▼
+    DecodedClip | DecodeFailure  ──failure──► store.record_failures({id: "decode: <reason>"})
+        │  group `batch_size` items
+        ▼
+    backbone.encode(batch)  (every item's frames in shared forward chunks)
+        │  a batch that raises is retried item by item; the bad item is recorded, the rest kept
+        ▼
+    store.append(tokens)    one Lance commit per batch: after a kill, a batch is all there or absent
+        ▼
+    store.compact()         at the end: fragments merged, files orphaned by a kill deleted
+
+Why the pieces look like this:
+
+* **Overlap.** While the main thread runs the backbone on one batch, workers decode the next ones
+  (``prefetch`` clips in flight, 2 batches by default). PyAV releases the GIL inside FFmpeg (demux,
+  decode, swscale), so threads overlap with torch without copying frames between processes;
+  ``parallel="processes"`` (a forkserver process pool) also frees the Python glue from the GIL but
+  pickles every clip through a pipe. When the next clip is not decoded yet the backbone takes the
+  partial batch rather than idle. `benchmarks/extract_clips.py` measures it: docs/extraction.md.
+* **Resume.** The only "done" marker is a committed row, so a run killed at any moment resumes where
+  its last commit ended: nothing is written twice and nothing uncommitted is lost.
+* **Failures.** Reasons carry their stage (``decode:``, ``backbone:``, ``text:``). Decode failures
+  depend on the file only, so a resumed run does not decode them again (``retry_failed`` forces it);
+  backbone failures may be transient (memory) and are always retried.
+* **Fingerprint.** The store is keyed by the backbone's fingerprint fields with ``sampler`` set to the
+  sampler this run actually uses (T, size, mode, sampler version) and ``item_text`` naming the catalog
+  fields that fed the text input: another T or size cannot append to the same store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.context
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from linkedout.backbones.base import Backbone, ItemInput, ItemTokens
+from linkedout.data.catalog import Catalog, CatalogItem
+from linkedout.store import FeatureStore
+from linkedout.video import DecodedClip, DecodeFailure, FrameSampler
+
+__all__ = [
+    "DEFAULT_FRAME_SIZE",
+    "ITEM_TEXT_RECIPE",
+    "ExtractError",
+    "ExtractReport",
+    "default_frame_size",
+    "default_workers",
+    "extract",
+    "item_text",
+    "load_catalog",
+    "pipeline_fingerprint_fields",
+]
+
+Parallel = Literal["threads", "processes"]
+
+# Short side (pixels) frames are decoded at, per backbone. The frames backbone resizes to 256 then
+# crops 224: decoding straight to 256 makes its own resize a no-op. Video-LLM processors resize to
+# ~384-448 themselves; 448 keeps what they need while a 1080p clip's 8 frames stay ~5 MB, not 50.
+DEFAULT_FRAME_SIZE: dict[str, int | None] = {"frames": 256, "vllm": 448}
+ITEM_TEXT_RECIPE = "catalog title + '\\n' + text (missing parts left out)"
+
+# A systematic backbone problem (wrong device, out of memory on every item) must stop the run rather
+# than mark the whole catalog as failed: stop after this many failed items in a row with no success.
+_MAX_BACKBONE_FAILURES_IN_A_ROW = 16
+
+
+class ExtractError(RuntimeError):
+    """The run cannot go on (the backbone fails on every item, the catalog is unusable, ...)."""
+
+
+@dataclass
+class ExtractReport:
+    """What one `extract` call did. Times are wall-clock seconds of the main thread.
+
+    ``decode_wait_seconds`` is how long the main thread sat waiting for decoded clips: the part of
+    decoding the workers did *not* hide behind the backbone. ``decode_seconds`` adds up the time each
+    clip took to decode in its worker (overlapped, so it can exceed ``seconds``).
+    """
+
+    store_path: str
+    fingerprint: str
+    backbone: str
+    catalog_items: int  # items in scope (after ``limit``)
+    already_done: int  # skipped: tokens already in the store
+    skipped_failed: int  # skipped: decode failure recorded by an earlier run
+    attempted: int
+    extracted: int
+    failed: dict[str, str] = field(default_factory=dict)  # this run's failures: id -> reason
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # decoded, with caveats (truncated...)
+    frames: int = 0  # frames sent to the backbone
+    batches: int = 0
+    seconds: float = 0.0
+    decode_wait_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    backbone_seconds: float = 0.0
+    write_seconds: float = 0.0
+    compact_seconds: float = 0.0
+    workers: int = 0
+    parallel: str = "threads"
+    batch_size: int = 0
+    num_frames: int | None = None
+    size: int | None = None
+
+    @property
+    def items_per_second(self) -> float:
+        return self.attempted / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["items_per_second"] = round(self.items_per_second, 3)
+        d["frames_per_second"] = round(self.frames_per_second, 3)
+        for k, v in d.items():
+            if isinstance(v, float):
+                d[k] = round(v, 4)
+        return d
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.extracted} extracted",
+            f"{len(self.failed)} failed",
+            f"{self.already_done} already in the store",
+        ]
+        if self.skipped_failed:
+            parts.append(f"{self.skipped_failed} skipped (failed before; --retry-failed to retry)")
+        rate = f"{self.items_per_second:.2f} items/s" + (
+            f", {self.frames_per_second:.1f} frames/s" if self.frames else ""
+        )
+        return (
+            f"{', '.join(parts)} in {self.seconds:.1f} s ({rate}; backbone {self.backbone_seconds:.1f} s, "
+            f"waiting for decode {self.decode_wait_seconds:.1f} s, writing {self.write_seconds:.1f} s)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# inputs
+
+
+def load_catalog(spec: str | os.PathLike[str]) -> Catalog:
+    """A catalog from what a user types: ``samples:small`` / ``samples:bench`` (the real sample clips,
+    fetched into the cache if needed), a folder of videos, or a CSV/TSV/Parquet manifest."""
+    text = str(spec)
+    if text.startswith("samples:"):
+        from linkedout.data.samples import TIERS, fetch_samples
+
+        tier = text.partition(":")[2]
+        if tier not in TIERS:
+            raise ValueError(f"unknown sample tier {tier!r} in {text!r}; use samples:small or samples:bench")
+        return Catalog.from_samples(fetch_samples(tier, quiet=True))  # type: ignore[arg-type]
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return Catalog.from_folder(path)
+    if path.is_file():
+        return Catalog.from_manifest(path)
+    raise FileNotFoundError(f"catalog not found: {path} (a folder of videos, a manifest, or samples:<tier>)")
+
+
+def item_text(item: CatalogItem) -> str | None:
+    """The text an item brings (title, then aux text); None when it has neither."""
+    parts = [p.strip() for p in (item.title, item.text) if p and p.strip()]
+    return "\n".join(parts) if parts else None
+
+
+def _needs_frames(backbone: Backbone) -> bool:
+    # The text backbone reads ItemInput.text only; anything else (frames, Video-LLMs) needs frames.
+    return bool(getattr(backbone, "needs_frames", backbone.name != "text"))
+
+
+def _uses_text(backbone: Backbone) -> bool:
+    # The frames backbone ignores ItemInput.text; recording a recipe it never reads would make two
+    # stores of identical tokens look different.
+    return bool(getattr(backbone, "uses_text", backbone.name != "frames"))
+
+
+def default_frame_size(backbone: Backbone | str) -> int | None:
+    """Short side frames are decoded at for a backbone (or backbone name); see `DEFAULT_FRAME_SIZE`."""
+    name = backbone if isinstance(backbone, str) else backbone.name
+    return DEFAULT_FRAME_SIZE.get(name.partition(":")[0], 448)
+
+
+def default_workers() -> int:
+    """Decode workers: one per core the backbone does not need, at least 1, at most 4.
+
+    On 2 cores that is 1: torch's intra-op threads use both cores while the backbone runs, and
+    decoding fills the gaps (data loading, Python glue, the store write). Measured in
+    docs/extraction.md; more workers only add contention there.
+    """
+    n = os.cpu_count() or 1
+    return max(1, min(4, n - 1))
+
+
+def pipeline_fingerprint_fields(backbone: Backbone, sampler: FrameSampler | None) -> dict[str, Any]:
+    """The backbone's fingerprint fields, with the inputs this pipeline feeds it made explicit."""
+    fields = dict(backbone.fingerprint_fields())
+    # Authoritative: the sampler actually used, even if the backbone was built with another dict.
+    fields["sampler"] = sampler.fingerprint() if sampler is not None else None
+    if _uses_text(backbone):
+        fields["item_text"] = ITEM_TEXT_RECIPE
+    return fields
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding source: (item, DecodedClip | DecodeFailure | None) in catalog order
+
+
+_Decoded = tuple[CatalogItem, DecodedClip | DecodeFailure | None]
+
+
+def _decode_one(sampler: FrameSampler, path: str) -> tuple[DecodedClip | DecodeFailure, float]:
+    """Runs in a decode worker (thread or process): module level so that it pickles."""
+    t0 = time.perf_counter()
+    out = sampler.try_sample(path)  # never raises: any error comes back as a DecodeFailure
+    return out, time.perf_counter() - t0
+
+
+def _process_context() -> multiprocessing.context.BaseContext:
+    # forkserver, not fork: the parent runs torch's and Lance's thread pools, and forking a
+    # multi-threaded process can deadlock the child (Lance warns about it, Python 3.12 too). Workers
+    # start from a clean server process and import only what decoding needs.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["linkedout.extract.pipeline"])
+    return ctx
+
+
+class _Source:
+    """Items in catalog order with their decoded clips, decoded ahead by a pool of workers.
+
+    At most ``prefetch`` clips are in flight (memory stays bounded). Delivery is ordered, which keeps
+    the store's row order independent of thread timing; a slow clip holds back at most ``prefetch``
+    finished ones. `next_ready` tells whether the next clip is decoded, so that the caller can run
+    the backbone on what it has instead of idling while it waits for a full batch.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[CatalogItem],
+        sampler: FrameSampler | None,
+        workers: int,
+        parallel: Parallel,
+        prefetch: int,
+    ) -> None:
+        self.sampler = sampler
+        self.wait_seconds = 0.0  # main thread blocked on a clip that was not decoded yet
+        self.decode_seconds = 0.0  # sum of per-clip decode times, in whichever worker ran them
+        self._items = iter(items)
+        self._window: deque[tuple[CatalogItem, Future[tuple[DecodedClip | DecodeFailure, float]]]] = deque()
+        self._pool: Executor | None = None
+        if sampler is None or workers == 0:
+            return
+        if parallel == "threads":
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="linkedout-decode")
+        elif parallel == "processes":
+            self._pool = ProcessPoolExecutor(workers, mp_context=_process_context())
+        else:
+            raise ValueError(f"parallel must be 'threads' or 'processes', not {parallel!r}")
+        for _ in range(prefetch):
+            if not self._submit():
+                break
+
+    def _submit(self) -> bool:
+        item = next(self._items, None)
+        if item is None:
+            return False
+        assert self._pool is not None and self.sampler is not None
+        self._window.append((item, self._pool.submit(_decode_one, self.sampler, item.path)))
+        return True
+
+    def next_ready(self) -> bool:
+        """True if the next item can be had without waiting (always, without workers)."""
+        return self._pool is None or not self._window or self._window[0][1].done()
+
+    def __iter__(self) -> Iterator[_Decoded]:
+        if self._pool is None:
+            for item in self._items:
+                if self.sampler is None:  # text backbone: nothing to decode
+                    yield item, None
+                    continue
+                t0 = time.perf_counter()
+                out, secs = _decode_one(self.sampler, item.path)
+                self.wait_seconds += time.perf_counter() - t0
+                self.decode_seconds += secs
+                yield item, out
+            return
+        while self._window:
+            item, fut = self._window.popleft()
+            t0 = time.perf_counter()
+            out, secs = fut.result()
+            self.wait_seconds += time.perf_counter() - t0
+            self.decode_seconds += secs
+            self._submit()
+            yield item, out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for _, fut in self._window:  # stopped early (error, Ctrl-C): do not decode the rest
+                fut.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+# --------------------------------------------------------------------------------------------------
+# progress
+
+
+class _Progress:
+    """A rich progress bar (items, items/s, failures, last failure) or nothing."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.enabled = enabled and total > 0
+        self._failed = 0
+        self._bar: Any = None
+        if not self.enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class _Rate(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:.2f} items/s" if speed else "- items/s", style="cyan")
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("[dim]{task.fields[last]}"),
+            console=Console(stderr=True),  # stdout stays clean for the summary / --json
+            transient=False,
+        )
+        self._task = self._bar.add_task(label, total=total, failed=0, last="")
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def done(self, n: int = 1) -> None:
+        if self._bar is not None and n:
+            self._bar.advance(self._task, n)
+
+    def failed(self, item_id: str, reason: str) -> None:
+        self._failed += 1
+        if self._bar is not None:
+            short = reason if len(reason) <= 60 else reason[:57] + "..."
+            self._bar.update(self._task, advance=1, failed=self._failed, last=f"{item_id}: {short}")
+            # One line per failure above the bar, so the reasons stay on screen after the run.
+            self._bar.console.print(f"[red]failed[/red] {item_id}: {reason}", markup=True, highlight=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# backbone
+
+
+def _encode_batch(backbone: Backbone, batch: list[ItemInput]) -> tuple[list[ItemTokens], dict[str, str]]:
+    """Encode a batch; if it raises, encode item by item so one bad input costs only itself."""
+    try:
+        out = backbone.encode(batch)
+        if [t.item_id for t in out] != [b.item_id for b in batch]:
+            raise ExtractError(f"backbone {backbone.name} returned ids out of order or missing items")
+        return out, {}
+    except ExtractError:
+        raise
+    except Exception as exc:
+        if len(batch) == 1:
+            return [], {batch[0].item_id: f"backbone: {type(exc).__name__}: {exc}"}
+    tokens: list[ItemTokens] = []
+    failed: dict[str, str] = {}
+    for item in batch:
+        got, bad = _encode_batch(backbone, [item])
+        tokens += got
+        failed.update(bad)
+    return tokens, failed
+
+
+# --------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def extract(
+    catalog: Catalog | Sequence[CatalogItem],
+    backbone: Backbone,
+    store_path: str | os.PathLike[str],
+    *,
+    frames: int = 8,
+    size: int | Literal["auto"] | None = "auto",
+    batch_size: int = 8,
+    workers: int | None = None,
+    parallel: Parallel = "threads",
+    prefetch: int | None = None,
+    progress: bool = True,
+    limit: int | None = None,
+    retry_failed: bool = False,
+    compact: bool = True,
+    sampler: FrameSampler | None = None,
+) -> ExtractReport:
+    """Extract `LayerTokens` for every catalog item not yet in the store at ``store_path``.
+
+    ``frames``/``size``: T frames uniformly over each clip, short side ``size`` pixels (``"auto"``:
+    `DEFAULT_FRAME_SIZE` for the backbone; ``None``: stored size); or pass a ready ``sampler``.
+    ``batch_size``: items per backbone call (their frames share forward chunks). ``workers``: decode
+    workers (default `default_workers`; 0 decodes in the main thread, no overlap), ``parallel``:
+    ``"threads"`` or ``"processes"``, ``prefetch``: clips decoded ahead (default 2 batches).
+    ``limit``: only the first N catalog items are in scope (a scope, not a budget: re-running with the
+    same limit does nothing new). ``retry_failed``: decode again items whose decode failed in an
+    earlier run. Text backbones read `item_text` and never decode.
+
+    Resumable and crash-safe (see module docstring); returns an `ExtractReport`. Raises
+    `~linkedout.store.FingerprintMismatchError` if the store holds tokens from other settings, and
+    `ExtractError` if the backbone fails on many items in a row.
+    """
+    t_start = time.perf_counter()
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if parallel not in ("threads", "processes"):
+        raise ValueError(f"parallel must be 'threads' or 'processes', not {parallel!r}")
+    items = list(catalog)[: limit if limit is not None else None]
+    video = _needs_frames(backbone)
+    if video and sampler is None:
+        if frames < 1:
+            raise ValueError("frames must be >= 1")
+        sampler = FrameSampler(frames, default_frame_size(backbone) if size == "auto" else size)
+    if not video:
+        sampler = None
+    n_workers = default_workers() if workers is None else max(0, int(workers))
+    n_prefetch = max(1, prefetch if prefetch is not None else 2 * batch_size)
+
+    store = FeatureStore.open_or_create(
+        store_path,
+        pipeline_fingerprint_fields(backbone, sampler),
+        backbone.layers,
+        backbone.token_kinds,
+        backbone.dim,
+        layer_names=getattr(backbone, "layer_names", None),
+    )
+    done = store.done_ids()
+    skip_failed: set[str] = set()
+    if not retry_failed:
+        fails = store.failures()
+        for item_id, reason in zip(
+            fails.column("item_id").to_pylist(), fails.column("reason").to_pylist(), strict=True
+        ):
+            # Only decode failures are a property of the file; "backbone:" ones may be transient.
+            if not str(reason).startswith("backbone:") and item_id not in done:
+                skip_failed.add(item_id)
+    todo = [it for it in items if it.id not in done and it.id not in skip_failed]
+    report = ExtractReport(
+        store_path=str(store.path),
+        fingerprint=store.fingerprint,
+        backbone=backbone.name,
+        catalog_items=len(items),
+        already_done=sum(it.id in done for it in items),
+        skipped_failed=sum(it.id in skip_failed and it.id not in done for it in items),
+        attempted=len(todo),
+        extracted=0,
+        workers=n_workers if video else 0,
+        parallel=parallel if video and n_workers else "inline",
+        batch_size=batch_size,
+        num_frames=sampler.num_frames if sampler else None,
+        size=sampler.size if sampler else None,
+    )
+
+    source = _Source(todo, sampler, n_workers if video else 0, parallel, n_prefetch)
+
+    batch: list[ItemInput] = []
+    pending_failures: dict[str, str] = {}
+    fails_in_a_row = 0
+
+    def flush(bar: _Progress, encode: bool = True) -> None:
+        nonlocal fails_in_a_row
+        tokens: list[ItemTokens] = []
+        if batch and encode:
+            t0 = time.perf_counter()
+            tokens, bad = _encode_batch(backbone, batch)
+            report.backbone_seconds += time.perf_counter() - t0
+            report.batches += 1
+            report.frames += sum(
+                len(b.frames) for b in batch if b.frames is not None and b.item_id not in bad
+            )
+            for item_id, reason in bad.items():
+                pending_failures[item_id] = reason
+                bar.failed(item_id, reason)
+            fails_in_a_row = 0 if tokens else fails_in_a_row + len(bad)
+            batch.clear()
+        t0 = time.perf_counter()
+        store.append(tokens)  # one commit: the batch's tokens are all visible or none are
+        if pending_failures:
+            store.record_failures(pending_failures)
+            report.failed.update(pending_failures)
+            pending_failures.clear()
+        report.write_seconds += time.perf_counter() - t0
+        report.extracted += len(tokens)
+        bar.done(len(tokens))
+        if fails_in_a_row >= _MAX_BACKBONE_FAILURES_IN_A_ROW:
+            last = next(reversed(report.failed.values()))
+            raise ExtractError(
+                f"the backbone failed on {fails_in_a_row} items in a row, none succeeded; stopping "
+                f"(last error: {last}). Items stored so far are kept; fix the cause and re-run to resume."
+            )
+
+    label = f"extract {backbone.name}"
+    with _Progress(progress, len(todo), label) as bar, contextlib.closing(source):
+        for item, decoded in source:
+            if isinstance(decoded, DecodeFailure):
+                reason = f"decode: {decoded.reason}"
+                pending_failures[item.id] = reason
+                bar.failed(item.id, reason)
+            elif decoded is None:  # text backbone
+                text = item_text(item)
+                if text is None:
+                    reason = "text: item has no title or text"
+                    pending_failures[item.id] = reason
+                    bar.failed(item.id, reason)
+                else:
+                    batch.append(ItemInput(item.id, text=text))
+            else:
+                if decoded.warnings:
+                    report.warnings[item.id] = list(decoded.warnings)
+                batch.append(
+                    ItemInput(
+                        item.id,
+                        frames=decoded.frames,
+                        text=item_text(item),
+                        meta={
+                            "timestamps": decoded.timestamps,
+                            "duration": decoded.duration,
+                            "fps": decoded.fps,
+                            "path": item.path,
+                        },
+                    )
+                )
+            # A full batch goes to the backbone; so does a partial one when the next clip is still
+            # decoding: the backbone would otherwise idle (on the first batch, for a whole batch's
+            # decode). Failures are written with batches, or alone when many pile up.
+            if len(batch) >= batch_size or (batch and not source.next_ready()):
+                flush(bar)
+            elif len(pending_failures) >= batch_size:
+                flush(bar, encode=False)
+        flush(bar)
+    report.decode_wait_seconds = source.wait_seconds
+    report.decode_seconds = source.decode_seconds
+
+    if compact and (report.extracted or report.failed):
+        t0 = time.perf_counter()
+        store.compact()
+        report.compact_seconds = time.perf_counter() - t0
+    report.seconds = time.perf_counter() - t_start
+    return report

@@ -1,0 +1,158 @@
+"""Item encoders: item index -> vector. One interface (``forward(items)``, ``all_items()``, ``n_items``,
+``dim``) so every user encoder works with every item encoder.
+
+- ``id``: a learned embedding per item (in sequential.py, the classic table).
+- ``last`` / ``mean``: the last layer's, or the mean of all layers', stored tokens through a projection.
+- ``dff``: DFF (arXiv 2512.21863): one global softmax weight per layer, ``v = ReLU(W h)``, and a sigmoid
+  gate with the ID embedding ``e``: ``item = g * e + (1 - g) * v``, ``g = sigmoid(W_g [e; v])``.
+- ``caption``: one text-encoder vector per item (Describe What You See) through a projection.
+- ``linkedout``: compressor experts + cross-layer MoE fuser, in linkedout.py.
+
+Content encoders compute vectors only for the unique items a step touches; ``all_items`` runs the
+catalogue in chunks. ID fusion (optional for content encoders, built into DFF) knows which items were
+trained: an item with no training events gets ``e = 0`` so a cold item is scored from content alone
+instead of from an untrained random vector; ``id_dropout`` zeroes ``e`` for random items during
+training so the content path learns to stand alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from linkedout.models.features import ItemFeatures
+
+
+class IdFusionGate(nn.Module):
+    """DFF's gate: ``g = sigmoid(W_g [e; v])``, ``out = g * e + (1 - g) * v`` (element-wise)."""
+
+    def __init__(self, n_items: int, dim: int, known: torch.Tensor, id_dropout: float = 0.1) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.embedding.weight, std=dim**-0.5)
+        self.gate = nn.Linear(2 * dim, dim)
+        self.register_buffer("known", known.float())
+        self.id_dropout = id_dropout
+
+    def forward(self, items: torch.Tensor, content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = self.known[items]
+        if self.training and self.id_dropout > 0:
+            keep = keep * (torch.rand_like(keep) >= self.id_dropout)
+        e = self.embedding(items) * keep[:, None]
+        g = torch.sigmoid(self.gate(torch.cat([e, content], dim=-1)))
+        # an unknown item has no ID to lean on: force the gate to content
+        g = g * keep[:, None]
+        return g * e + (1 - g) * content, g.mean(-1)
+
+
+class FeatureItemEncoder(nn.Module):
+    """Base of the content encoders: gathers stored tokens, encodes them, optionally fuses the ID."""
+
+    def __init__(
+        self,
+        features: ItemFeatures,
+        dim: int,
+        *,
+        id_fusion: bool = False,
+        known: torch.Tensor | None = None,
+        id_dropout: float = 0.1,
+        chunk: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.n_items = features.tokens.shape[0]
+        self.dim = dim
+        self.layer_names = features.layer_names
+        self.token_kinds = features.token_kinds
+        self.register_buffer("tokens", features.tokens, persistent=False)
+        self.register_buffer("present", features.present, persistent=False)
+        self.chunk = chunk
+        self.fusion = None
+        if id_fusion:
+            known = known if known is not None else torch.ones(self.n_items, dtype=torch.bool)
+            self.fusion = IdFusionGate(self.n_items, dim, known, id_dropout)
+
+    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[N, L, S, D]`` float32 -> ``[N, dim]``."""
+        raise NotImplementedError
+
+    def encode_items(self, items: torch.Tensor) -> torch.Tensor:
+        v = self.content(self.tokens[items].float())
+        if self.fusion is not None:
+            v, _ = self.fusion(items, v)
+        return v
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        unique, inverse = torch.unique(items, return_inverse=True)
+        return self.encode_items(unique)[inverse]
+
+    def all_items(self) -> torch.Tensor:
+        idx = torch.arange(self.n_items, device=self.tokens.device)
+        return torch.cat(
+            [self.encode_items(idx[i : i + self.chunk]) for i in range(0, self.n_items, self.chunk)]
+        )
+
+    def id_gate(self, items: torch.Tensor) -> torch.Tensor | None:
+        """Mean ID-gate value per item (1 = leans on the ID, 0 = on content); None without fusion."""
+        if self.fusion is None:
+            return None
+        v = self.content(self.tokens[items].float())
+        return self.fusion(items, v)[1]
+
+
+class Projection(nn.Sequential):
+    def __init__(self, d_in: int, dim: int, dropout: float = 0.1) -> None:
+        super().__init__(nn.LayerNorm(d_in), nn.Dropout(dropout), nn.Linear(d_in, dim))
+
+
+class LastLayerEncoder(FeatureItemEncoder):
+    """The last selected layer's summary tokens, averaged, projected."""
+
+    def __init__(self, features: ItemFeatures, dim: int, **kw) -> None:
+        super().__init__(features, dim, **kw)
+        self.proj = Projection(features.shape[2], dim)
+
+    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens[:, -1].mean(1))
+
+
+class MeanLayersEncoder(FeatureItemEncoder):
+    """All layers' summary tokens averaged (each layer normalised first: depths differ in scale)."""
+
+    def __init__(self, features: ItemFeatures, dim: int, **kw) -> None:
+        super().__init__(features, dim, **kw)
+        d = features.shape[2]
+        self.layer_norm = nn.LayerNorm(d)
+        self.proj = Projection(d, dim)
+
+    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.layer_norm(tokens.mean(2)).mean(1))
+
+
+class DFFEncoder(FeatureItemEncoder):
+    """DFF: softmax layer weights (global, not per item), ReLU projection, sigmoid ID gate."""
+
+    def __init__(self, features: ItemFeatures, dim: int, **kw) -> None:
+        kw.setdefault("id_fusion", True)
+        super().__init__(features, dim, **kw)
+        n_layers, _, d = features.shape
+        self.layer_logits = nn.Parameter(torch.zeros(n_layers))
+        self.layer_norm = nn.LayerNorm(d)
+        self.proj = nn.Sequential(nn.Linear(d, dim), nn.ReLU())
+
+    def layer_weights(self) -> torch.Tensor:
+        return torch.softmax(self.layer_logits, 0)
+
+    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.layer_norm(tokens.mean(2))  # [N, L, D]
+        return self.proj((h * self.layer_weights()[None, :, None]).sum(1))
+
+
+class CaptionEncoder(FeatureItemEncoder):
+    """Describe What You See: a sentence vector of the item's caption (features ``[N, 1, 1, D]``)."""
+
+    def __init__(self, features: ItemFeatures, dim: int, **kw) -> None:
+        super().__init__(features, dim, **kw)
+        self.proj = Projection(features.shape[2], dim)
+
+    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens.mean((1, 2)))
