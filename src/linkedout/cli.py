@@ -92,14 +92,19 @@ def _print_results_table(rows: list[dict], protocol_line: str, title: str) -> No
     for col in ["dataset", "model", "seed", *shown, "best epoch", "train s"]:
         table.add_column(col, justify="right" if col not in ("dataset", "model") else "left")
     for r in rows:
-        table.add_row(
-            r["dataset"],
-            r["model"],
-            str(r["seed"]),
-            *[f"{r['metrics'][m]:.4f}" for m in shown],
-            str(r["best_epoch"]),
-            f"{r['train_seconds']:.1f}",
-        )
+        label = r["model"] if r.get("item_encoder", "id") == "id" else f"{r['model']} + {r['item_encoder']}"
+        parts = [("", r["metrics"])]
+        if r.get("metrics_cold"):
+            parts += [(" (warm)", r["metrics_warm"]), (" (cold)", r["metrics_cold"])]
+        for suffix, metrics in parts:
+            table.add_row(
+                r["dataset"],
+                label + suffix,
+                str(r["seed"]),
+                *[f"{metrics[m]:.4f}" for m in shown],
+                str(r["best_epoch"]),
+                f"{r['train_seconds']:.1f}",
+            )
     console = Console()
     console.print(table)
     console.print(f"[dim]{protocol_line}[/dim]")
@@ -110,6 +115,14 @@ def train_cmd(
     dataset: str = typer.Option("ml-100k", "--dataset", help="Sample name (ml-100k) or a path to a log."),
     protocol: str = typer.Option("recbole", "--protocol", help="microlens | recbole"),
     model: str = typer.Option("sasrec", "--model", help="pop | itemknn | sasrec | gru4rec | mean"),
+    item_encoder: str = typer.Option(
+        "id", "--item-encoder", help="id | last | mean | dff | linkedout | caption"
+    ),
+    features: str | None = typer.Option(None, "--features", help="Feature store for content item encoders."),
+    id_fusion: bool | None = typer.Option(None, "--id-fusion/--no-id-fusion", help="Fuse content with IDs."),
+    compressor: str | None = typer.Option(None, "--compressor", help="linkedout: attn | mlp"),
+    top_k: int | None = typer.Option(None, "--top-k", help="linkedout: keep the top-k layers per item."),
+    cold_items: float | None = typer.Option(None, "--cold-items", help="Hold this fraction of items out."),
     seed: int = typer.Option(0, "--seed"),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Save weights + run.json (for evaluate)."),
@@ -144,7 +157,7 @@ def train_cmd(
     from linkedout.train.run import DatasetSpec, run_experiment
 
     try:
-        proto = get_protocol(protocol, max_seq_len=max_len, sampled_negatives=sampled)
+        proto = get_protocol(protocol, max_seq_len=max_len, sampled_negatives=sampled, cold_items=cold_items)
         spec = DatasetSpec(path=dataset, format=format, min_rating=min_rating)
         mc, tc = recipe(
             model,
@@ -162,6 +175,11 @@ def train_cmd(
             loss=loss,
             logq=logq,
             device=device,
+            item_encoder=item_encoder,
+            features=features,
+            id_fusion=id_fusion,
+            compressor=compressor,
+            top_k=top_k,
         )
         result = run_experiment(spec, proto, mc, tc, run_dir=run_dir, progress=not quiet)
     except (DataFormatError, FileNotFoundError, KeyError, ValueError) as e:
