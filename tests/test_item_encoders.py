@@ -148,3 +148,24 @@ def test_linkedout_ranks_cold_items_from_content_and_id_only_cannot():
             assert w.argmax().item() == 2  # the fuser found the informative layer
     assert results["linkedout"] > 0.9
     assert results["id"] < 0.5  # ~chance: 10 of the 48 items
+
+
+def test_explanations_contributions_equal_one_by_one_occlusion():
+    from linkedout.explain import explain_history
+
+    torch.manual_seed(0)
+    features = random_features()
+    model = build_model(ModelConfig(item_encoder="linkedout", dim=16), 30, 6, np.ones(30), features).eval()
+    history = np.array([4, 9, 2, 17])
+    exp = explain_history(model, history, k=3)
+    assert len(exp.recommendations) == 3
+    full = model.score_all_items(torch.tensor([history.tolist()]))[0]
+    for rec in exp.recommendations:
+        assert rec.score == pytest.approx(full[rec.item].item(), abs=1e-5)
+        for item, drop in rec.contributions:
+            rest = [h for h in history.tolist() if h != item]
+            without = model.score_all_items(torch.tensor([[-1, *rest]]))[0, rec.item].item()
+            assert drop == pytest.approx(rec.score - without, abs=1e-4)
+        assert sum(rec.layer_weights) == pytest.approx(1.0, abs=1e-5)
+    assert sum(exp.user_layer_weights) == pytest.approx(1.0, abs=1e-5)
+    assert len(exp.history_layer_weights) == 4

@@ -370,3 +370,70 @@ def store_info_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(info, indent=1, default=str) if json_out else format_store_info(info))
+
+
+@app.command("explain")
+def explain_cmd(
+    run_dir: Path = typer.Option(..., "--run", help="A directory written by `linkedout train --run-dir`."),
+    user: str = typer.Option(..., "--user", help="Raw user id of the dataset."),
+    k: int = typer.Option(10, "--k"),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of layer weights here."),
+    json_out: Path | None = typer.Option(None, "--json"),
+) -> None:
+    """Explain one user's recommendations: contributing history items and the layers that mattered."""
+    import json
+    from dataclasses import asdict
+
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from linkedout.explain import explain_user, plot_layer_weights
+    from linkedout.train.run import DatasetSpec, load_run
+
+    try:
+        model, data_split, saved = load_run(run_dir)
+        explanation = explain_user(model, data_split, user, k=k)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    meta = DatasetSpec(**saved.dataset_spec).load().item_meta
+    item_ids = data_split.data.item_ids
+
+    def title(i: int) -> str:
+        raw = item_ids[i].item() if hasattr(item_ids[i], "item") else item_ids[i]
+        row = meta.get(raw) or {}
+        return f"{raw} {row.get('title') or ''}".strip()
+
+    console = Console()
+    names = explanation.layer_names
+    console.print(
+        f"[bold]user {user}[/bold]: history (oldest first) {[title(i) for i in explanation.history]}"
+    )
+    table = Table(title=f"top {k} for user {user} ({saved.model} + {saved.item_encoder})")
+    for col in ("#", "item", "score", "because of (score drop if removed)", "top layers"):
+        table.add_column(col)
+    for n, rec in enumerate(explanation.recommendations, 1):
+        because = ", ".join(f"{title(h)} ({d:+.2f})" for h, d in rec.contributions[:3])
+        layers = ""
+        if rec.layer_weights is not None:
+            top = np.argsort(rec.layer_weights)[::-1][:3]
+            layers = ", ".join(f"{names[i] if names else i}: {rec.layer_weights[i]:.2f}" for i in top)
+        table.add_row(str(n), title(rec.item), f"{rec.score:.3f}", because, layers)
+    console.print(table)
+    if explanation.user_layer_weights is not None:
+        pairs = ", ".join(
+            f"{n}: {w:.2f}" for n, w in zip(names, explanation.user_layer_weights, strict=False)
+        )
+        console.print(f"layers this user's history leaned on (contribution-weighted): {pairs}")
+    else:
+        console.print("[dim]this item encoder has no layer weights (id-only / single layer)[/dim]")
+    if plot is not None:
+        try:
+            plot_layer_weights(model, explanation, plot)
+            console.print(f"plot: {plot}")
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    if json_out is not None:
+        json_out.write_text(json.dumps(asdict(explanation), indent=1))
