@@ -10,13 +10,14 @@ from typing import Any
 
 from linkedout.backbones.base import Backbone, ItemInput, ItemTokens, fingerprint
 
-BACKBONES = ("frames", "text", "vllm")
+BACKBONES = ("frames", "text", "caption", "vllm")
 
 __all__ = ["BACKBONES", "Backbone", "ItemInput", "ItemTokens", "fingerprint", "get_backbone"]
 
 
 def get_backbone(name: str, **options: Any) -> Backbone:
-    """A backbone by name: ``"frames"`` (EfficientNet-Lite0), ``"text"`` (MiniLM), ``"vllm"``
+    """A backbone by name: ``"frames"`` (EfficientNet-Lite0), ``"text"`` (MiniLM layers), ``"caption"``
+    (one MiniLM sentence vector of the item's text or caption), ``"vllm"``
     (Video-LLM adapters; pass ``model=...``, or write ``"vllm:<model>"``). ``options`` go to the
     backbone's constructor unchanged."""
     kind, _, model = name.partition(":")
@@ -28,6 +29,10 @@ def get_backbone(name: str, **options: Any) -> Backbone:
         from linkedout.backbones.text import TextBackbone
 
         return TextBackbone(**options)
+    if kind == "caption":
+        from linkedout.backbones.text import CaptionBackbone
+
+        return CaptionBackbone(**options)
     if kind == "vllm":
         from linkedout.backbones.vllm import load_vllm_backbone
 

@@ -66,6 +66,7 @@ class TextBackbone:
 
     name = "text"
     token_kinds = ("text", "prompt")
+    needs_frames = False  # the extraction pipeline never decodes video for text backbones
 
     def __init__(
         self,
@@ -166,3 +167,35 @@ class TextBackbone:
         if not out:
             return np.empty((0, self.dim), dtype=np.float32)
         return torch.cat(out).numpy()
+
+
+class CaptionBackbone(TextBackbone):
+    """Describe What You See: one sentence vector per item (``[1, 1, 384]``) of its caption or text.
+
+    Reads ``ItemInput.text`` like the text backbone, but returns the standard normalised MiniLM
+    sentence embedding instead of per-layer states: the ``caption`` item encoder's input."""
+
+    name = "caption"
+    token_kinds = ("caption",)
+
+    def __init__(self, batch_size: int = 64, device: str = "cpu", text_source: str = "text") -> None:
+        super().__init__(
+            prompt="", layers=(NUM_LAYERS,), batch_size=batch_size, device=device, text_source=text_source
+        )
+        self.layer_names = ("sentence",)
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        return {
+            "backbone": "caption",
+            "model": MODEL_ID,
+            "weights_sha256": _sha256(str(self._weights)) if self._weights.exists() else None,
+            "text_source": self.text_source,
+            "pooling": "sentence-transformers mean pooling, L2-normalised",
+            "max_length": self._sentence_max_length,
+            "dim": self.dim,
+            "dtype": "float16",
+        }
+
+    def encode(self, batch: list[ItemInput]) -> list[ItemTokens]:
+        vectors = self.sentence_vector([item.text or "" for item in batch]).astype(np.float16)
+        return [ItemTokens(item.item_id, vectors[i][None, None, :]) for i, item in enumerate(batch)]

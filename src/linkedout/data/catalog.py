@@ -363,7 +363,7 @@ def _read_parquet(path: Path, rename: Mapping[str, str]) -> pa.Table:
     return table
 
 
-def item_text(row: Mapping[str, Any]) -> str:
+def metadata_text(row: Mapping[str, Any]) -> str:
     """The text an item is known by when it has no video: "title (year); genre, genre" (+ other text)."""
     title = row.get("title") or ""
     year = row.get("year")
@@ -377,10 +377,13 @@ def item_text(row: Mapping[str, Any]) -> str:
 
 def catalog_from_item_table(table: Any, item_ids: Iterable[Any] | None = None) -> Catalog:
     """A text-only catalog (no video paths) from an interaction log's item metadata, e.g. MovieLens
-    titles and genres, for the ``text`` backbone. ``item_ids`` limits and orders it (default: all)."""
+    titles and genres, for the ``text`` backbone. ``item_ids`` limits and orders it (default: all).
+    The whole description goes in ``text`` ("Toy Story (1995); Animation, Comedy") and the title only
+    in ``extra``, so the text backbone reads each fact once."""
     ids = list(item_ids) if item_ids is not None else table.ids.tolist()
     items = []
     for raw in ids:
         row = table.get(raw) or {}
-        items.append(CatalogItem(id=str(raw), path="", title=row.get("title"), text=item_text(row)))
+        extra = {"title": row.get("title")}
+        items.append(CatalogItem(id=str(raw), path="", title=None, text=metadata_text(row), extra=extra))
     return Catalog(items, source="item metadata")

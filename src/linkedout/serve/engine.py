@@ -1,0 +1,276 @@
+"""The serving core: history -> user vector -> top-k -> explanations, plus online item addition.
+
+Scoring at serving time is exactly the trained model's ``score_all_items`` with the item encoder
+replaced by its precomputed output: the user encoder (same module class, bundle weights) runs on the
+item-matrix rows of the history, and the scores are ``user @ item_matrix.T`` (tests/test_serve_engine.py
+checks this against the full model). Explanations:
+
+- per recommended item, its layer weights (precomputed in the bundle, computed on add for new items);
+- per recommended item, the history items that contributed: the drop in its score when that item is
+  removed from the history (occlusion, as `linkedout.explain`), all L variants in one batched forward.
+
+`MicroBatcher` groups concurrent requests: while the worker thread computes one batch, newly arrived
+requests queue up and go together in the next one (no added wait when idle, one matrix product for
+many users when busy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from linkedout.serve.bundle import Bundle, BundleError
+from linkedout.serve.index import make_index
+
+PAD = -1
+
+
+@dataclass
+class RecRequest:
+    history: np.ndarray  # int64 rows, oldest first, at most max_len long, non-empty
+    exclude: np.ndarray  # int64 rows never to return
+    k: int
+    explain: bool = True
+    explain_top: int = 5
+
+
+@dataclass
+class RecResult:
+    rows: list[int]
+    scores: list[float]
+    contributions: list[list[tuple[int, float]]] | None  # per recommended item: (history row, drop)
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, index: str = "exact", **index_kw: Any) -> None:
+        self.bundle = bundle
+        self.max_len = bundle.max_len
+        self.user_encoder = bundle.user_encoder()
+        self.index = make_index(bundle.item_matrix, bundle.blocked, index, **index_kw)
+        self.ids: list[str] = list(bundle.item_ids)
+        self.row_of: dict[str, int] = {item_id: i for i, item_id in enumerate(self.ids)}
+        self.titles: list[str | None] = list(bundle.titles)
+        self.thumbnails: dict[int, bytes] = dict(bundle.thumbnails)
+        self.base_layer_weights = bundle.layer_weights
+        self.added_layer_weights: dict[int, list[float]] = {}
+        self.added_source: dict[int, str] = {}
+        self._item_encoder: torch.nn.Module | None = None
+        self._backbone: Any = None
+        self._add_lock = threading.Lock()
+
+    @property
+    def n_items(self) -> int:
+        return self.index.size
+
+    # ------------------------------------------------------------------ recommend
+    @torch.no_grad()
+    def user_vectors(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """Left-padded to the longest history of the batch (positions count from the right, so the
+        padding width does not change a SASRec user vector) -> ``[B, D]``."""
+        length = max(1, max(len(h) for h in histories))  # occluding a 1-item history leaves it empty
+        rows = torch.full((len(histories), length), PAD, dtype=torch.long)
+        for b, h in enumerate(histories):
+            if len(h):
+                rows[b, length - len(h) :] = torch.as_tensor(h, dtype=torch.long)
+        valid = rows != PAD
+        x = self.index.vectors(rows.clamp(min=0)) * valid[..., None]
+        return self.user_encoder(x, valid)[:, -1]
+
+    @torch.no_grad()
+    def recommend_batch(self, requests: list[RecRequest]) -> list[RecResult]:
+        users = self.user_vectors([r.history for r in requests])
+        kmax = max(r.k for r in requests)
+        scores, rows = self.index.search(users, kmax, [r.exclude for r in requests])
+        results = []
+        for b, r in enumerate(requests):
+            s, i = scores[b, : r.k], rows[b, : r.k]
+            keep = torch.isfinite(s)  # fewer servable items than k: drop the -inf fillers
+            results.append(RecResult(i[keep].tolist(), s[keep].tolist(), None))
+        explained = [b for b, r in enumerate(requests) if r.explain and results[b].rows]
+        if explained:
+            self._explain(requests, results, users, explained)
+        return results
+
+    def _explain(
+        self, requests: list[RecRequest], results: list[RecResult], users: torch.Tensor, which: list[int]
+    ) -> None:
+        variants: list[np.ndarray] = []
+        spans = []
+        for b in which:
+            h = requests[b].history
+            start = len(variants)
+            variants += [np.delete(h, t) for t in range(len(h))]
+            spans.append((start, len(variants)))
+        occluded = self.user_vectors(variants)  # one forward for every variant of every request
+        for b, (start, end) in zip(which, spans, strict=True):
+            r, res = requests[b], results[b]
+            top = self.index.vectors(torch.as_tensor(res.rows, dtype=torch.long))  # [k, D]
+            full = users[b] @ top.T  # [k]
+            drops = (full[None, :] - occluded[start:end] @ top.T).numpy()  # [L, k]
+            contributions = []
+            for j in range(len(res.rows)):
+                order = np.argsort(-drops[:, j], kind="stable")[: r.explain_top]
+                contributions.append([(int(r.history[t]), float(drops[t, j])) for t in order])
+            res.contributions = contributions
+
+    def layer_weights(self, row: int) -> list[float] | None:
+        if row in self.added_layer_weights:
+            return self.added_layer_weights[row]
+        if self.base_layer_weights is not None and row < len(self.base_layer_weights):
+            return self.base_layer_weights[row].tolist()
+        return None
+
+    # ------------------------------------------------------------------ new items (cold start)
+    @property
+    def item_encoder(self) -> torch.nn.Module:
+        if self._item_encoder is None:
+            self._item_encoder = self.bundle.item_encoder()
+        return self._item_encoder
+
+    @torch.no_grad()
+    def encode_tokens(self, tokens: np.ndarray) -> tuple[torch.Tensor, list[float] | None]:
+        """LayerTokens ``[L, S, D]`` -> (item vector ``[D]``, layer weights or None)."""
+        enc = self.item_encoder
+        want = tuple(self.bundle.meta.get("feature_shape") or ())
+        if tuple(tokens.shape) != want:
+            raise BundleError(
+                f"tokens must have shape {list(want)} (layers, tokens, dim), got {list(tokens.shape)}"
+            )
+        t = torch.as_tensor(np.asarray(tokens, dtype=np.float16)).float()[None]
+        if not torch.isfinite(t).all():
+            raise BundleError("tokens contain NaN or infinity (or values beyond float16 range)")
+        vector = enc.content(t)[0]
+        weights = None
+        if hasattr(enc, "fuser"):  # LinkedOut: the item's own gate
+            weights = enc.fuser.weights(enc.layer_vectors(t))[0].tolist()
+        elif hasattr(enc, "layer_weights"):  # DFF: one global softmax
+            weights = enc.layer_weights().tolist()
+        return vector, weights
+
+    def backbone(self) -> tuple[Any, Any]:
+        """The bundle's extractor, rebuilt and checked against the bundle's fingerprint."""
+        if self._backbone is None:
+            spec = self.bundle.meta.get("backbone")
+            if not spec:
+                raise BundleError(
+                    "this bundle records no backbone the server can rebuild; send the item's LayerTokens"
+                )
+            from linkedout.backbones import fingerprint, get_backbone
+            from linkedout.video import FrameSampler
+
+            bb = get_backbone(spec["name"], **spec["options"])
+            got = fingerprint(bb.fingerprint_fields())
+            if got != self.bundle.fingerprint:
+                raise BundleError(
+                    f"the rebuilt backbone has fingerprint {got}, the bundle's features "
+                    f"{self.bundle.fingerprint}: refusing to mix features of two extractors"
+                )
+            self._backbone = (bb, FrameSampler(**spec["sampler"]))
+        return self._backbone
+
+    def extract_video(self, item_id: str, path: str) -> tuple[np.ndarray, bytes]:
+        """(LayerTokens, thumbnail JPEG) of a local clip, with the bundle's backbone."""
+        import io
+
+        from PIL import Image
+
+        from linkedout.backbones import ItemInput
+
+        bb, sampler = self.backbone()
+        clip = sampler(path)
+        tokens = bb.encode([ItemInput(item_id, frames=clip.frames)])[0].tokens
+        frame = Image.fromarray(clip.frames[len(clip.frames) // 2])
+        frame.thumbnail((4 * 128, 128))
+        buf = io.BytesIO()
+        frame.save(buf, format="JPEG", quality=80)
+        return np.asarray(tokens), buf.getvalue()
+
+    def add_item(
+        self,
+        item_id: str,
+        vector: torch.Tensor,
+        layer_weights: list[float] | None,
+        title: str | None = None,
+        thumbnail: bytes | None = None,
+        source: str = "tokens",
+    ) -> int:
+        """Append to the index; the item is recommendable when this returns (no restart)."""
+        with self._add_lock:
+            if item_id in self.row_of:
+                raise KeyError(item_id)
+            row = self.index.size
+            self.ids.append(item_id)  # before publishing: a search result row always has an id
+            self.titles.append(title)
+            if thumbnail:
+                self.thumbnails[row] = thumbnail
+            if layer_weights is not None:
+                self.added_layer_weights[row] = layer_weights
+            self.added_source[row] = source
+            got = self.index.add(vector.reshape(1, -1))
+            assert got == row, "rows are assigned under the add lock"
+            self.row_of[item_id] = row  # after publishing: a history never points at an unwritten row
+        return row
+
+
+class MicroBatcher:
+    """Opportunistic batching of `RecRequest`s onto one worker thread (see the module docstring)."""
+
+    def __init__(self, engine: Engine, max_batch: int = 64) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="recommend")
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.requests = 0
+        self.batch_sizes: dict[int, int] = {}
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, request: RecRequest) -> RecResult:
+        assert self._queue is not None, "MicroBatcher.start() was not awaited"
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((request, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [(r, f) for r, f in batch if not f.cancelled()]  # client went away
+            if not batch:
+                continue
+            self.batches += 1
+            self.requests += len(batch)
+            self.batch_sizes[len(batch)] = self.batch_sizes.get(len(batch), 0) + 1
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self.engine.recommend_batch, [r for r, _ in batch]
+                )
+            except Exception as e:  # a bug must fail these requests, not kill the batching loop
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            for (_, f), res in zip(batch, results, strict=True):
+                if not f.done():
+                    f.set_result(res)
