@@ -101,7 +101,8 @@ def main() -> None:
                     cold_ndcg = row["metrics_cold"].get("NDCG@10", float("nan"))
                     print(
                         f"{protocol:9s} cold={cold:.1f} {encoder:9s} seed {seed}: "
-                        f"NDCG@10 {row['metrics']['NDCG@10']:.4f} cold {cold_ndcg:.4f} epoch {row['best_epoch']} {time.perf_counter() - t0:.0f}s",
+                        f"NDCG@10 {row['metrics']['NDCG@10']:.4f} cold {cold_ndcg:.4f} "
+                        f"epoch {row['best_epoch']} {time.perf_counter() - t0:.0f}s",
                         flush=True,
                     )
                     args.out.parent.mkdir(parents=True, exist_ok=True)
