@@ -221,21 +221,18 @@ def evaluate_cmd(
 def demo_cmd(
     out: Path = typer.Option(Path("reports/demo"), "--out", help="Where the report goes."),
     seed: int = typer.Option(0, "--seed"),
-    quick: bool = typer.Option(False, "--quick", help="One protocol (microlens) only."),
+    quick: bool = typer.Option(False, "--quick", help="Skip the caption and DFF runs."),
 ) -> None:
-    """The main job on the embedded default: fetch ml-100k, train and evaluate the baselines, print
-    the table and write a report."""
+    """The main job on the embedded default: fetch samples, extract features (clips and movie titles),
+    train and evaluate the baselines and LinkedOut (warm and cold-start), explain one user, write a report."""
+    from linkedout.data.samples import SampleFetchError
     from linkedout.demo import run_demo
 
     try:
         run_demo(out, seed=seed, quick=quick)
-    except Exception as e:  # the demo is a user's first contact: a message, not a traceback
-        from linkedout.data.samples import SampleFetchError
-
-        if isinstance(e, SampleFetchError):
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-        raise
+    except SampleFetchError as e:  # the demo is a user's first contact: a message, not a traceback
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _parse_int_layers(spec: str, backbone: str) -> tuple[int, ...]:
@@ -437,3 +434,82 @@ def explain_cmd(
             raise typer.Exit(2) from None
     if json_out is not None:
         json_out.write_text(json.dumps(asdict(explanation), indent=1))
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Option(..., "--run", help="A directory written by `linkedout train --run-dir`."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to write (safetensors + JSON)."),
+    catalog: str | None = typer.Option(
+        None, "--catalog", help="Folder / manifest / samples:<tier>: adds a thumbnail per known clip."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+) -> None:
+    """Write the serving bundle of a trained run: item matrix, encoders, id maps, fingerprint, model card."""
+    from linkedout.serve.bundle import BundleError, export_bundle
+
+    try:
+        bundle = export_bundle(run_dir, out, catalog=catalog, overwrite=force)
+    except (BundleError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    cfg = bundle.meta["model_config"]
+    typer.echo(
+        f"wrote {out}: {bundle.n_items} items x {bundle.dim} "
+        f"({cfg.get('name')} + {cfg.get('item_encoder')}), "
+        f"new items {'encodable' if bundle.can_encode_items else 'not encodable (id-only)'}, "
+        f"{len(bundle.thumbnails)} thumbnails"
+    )
+
+
+@app.command("serve")
+def serve_cmd(
+    bundle: Path = typer.Option(..., "--bundle", help="A directory written by `linkedout export`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Non-loopback addresses need --api-key."),
+    port: int = typer.Option(8000, "--port"),
+    events: Path | None = typer.Option(
+        None, "--events", help="SQLite file for events and added items.", show_default="<bundle>/state.sqlite"
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="LINKEDOUT_API_KEY", help="Required by POST /v1/events and /v1/items."
+    ),
+    media_root: list[Path] = typer.Option(
+        [], "--media-root", help="Folder whose clips POST /v1/items may read (repeatable)."
+    ),
+    cors_origin: list[str] = typer.Option(
+        [], "--cors-origin", help="Allow this browser origin (CORS off by default)."
+    ),
+    index: str = typer.Option("exact", "--index", help="exact | flat | ivf | hnsw (the last three: FAISS)."),
+    threads: int = typer.Option(1, "--threads", help="torch threads for the scoring worker."),
+    max_body: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes"),
+    max_history: int = typer.Option(1000, "--max-history"),
+    synchronous: str = typer.Option("FULL", "--sqlite-synchronous", help="FULL (fsync per commit) | NORMAL"),
+    log_level: str = typer.Option("warning", "--log-level"),
+) -> None:
+    """Serve a bundle over HTTP: /v1/recommend, /v1/events, /v1/items, /healthz, /metrics and a page at /."""
+    from linkedout.serve.app import ServeConfig, check_bind, run_server
+    from linkedout.serve.bundle import BundleError, load_bundle
+
+    try:
+        check_bind(host, api_key)
+        for root in media_root:
+            if not root.is_dir():
+                raise ValueError(f"--media-root {root} is not a directory")
+        loaded = load_bundle(bundle)
+        config = ServeConfig(
+            bundle=loaded,
+            events=events or bundle / "state.sqlite",
+            api_key=api_key,
+            media_roots=list(media_root),
+            cors_origins=list(cors_origin),
+            index=index,
+            threads=threads,
+            max_body_bytes=max_body,
+            max_history=max_history,
+            synchronous=synchronous.upper(),
+        )
+    except (BundleError, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"serving {bundle} ({loaded.n_items} items) on http://{host}:{port}/", err=True)
+    run_server(config, host, port, log_level=log_level)

@@ -107,7 +107,8 @@ def build_model(
             config.name, config.dim, max_len, blocks=config.blocks, heads=config.heads, dropout=config.dropout
         )
         items = build_item_encoder(config, n_items, features, train_counts)
-        return SequentialRecommender(items, user, loss=config.loss, logq=logq)
+        trained = torch.as_tensor(train_counts > 0) if train_counts is not None else None
+        return SequentialRecommender(items, user, loss=config.loss, logq=logq, trained_items=trained)
     raise ValueError(f"unknown model {config.name!r}; choose one of {MODELS}")
 
 

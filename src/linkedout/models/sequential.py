@@ -44,6 +44,7 @@ class SequentialRecommender(Recommender):
         user_encoder: nn.Module,
         loss: str = "ce",
         logq: torch.Tensor | None = None,
+        trained_items: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if loss not in ("ce", "inbatch"):
@@ -55,6 +56,11 @@ class SequentialRecommender(Recommender):
         # log sampling probability of each item as an in-batch negative (its training frequency)
         self.register_buffer("logq", logq if logq is not None else torch.zeros(self.n_items))
         self._item_matrix: torch.Tensor | None = None
+        # The catalogue as training knows it: items with at least one training event. Items that only
+        # appear later (cold-start items, items first seen in valid/test) are left out of the training
+        # softmax, or the loss would teach the model to rank them last before it has ever seen them.
+        known = trained_items if trained_items is not None else torch.ones(self.n_items, dtype=torch.bool)
+        self.register_buffer("unseen_in_training", ~known.bool(), persistent=False)
 
     def encode_history(self, history: torch.Tensor) -> torch.Tensor:
         valid = history != PAD
@@ -82,7 +88,8 @@ class SequentialRecommender(Recommender):
         valid = (batch.inputs != PAD) & (batch.targets != PAD)
         states, targets = states[valid], batch.targets[valid]
         if self.loss_name == "ce":
-            loss = F.cross_entropy(states @ self.item_encoder.all_items().T, targets)
+            logits = (states @ self.item_encoder.all_items().T).masked_fill(self.unseen_in_training, NEG_INF)
+            loss = F.cross_entropy(logits, targets)
         else:
             loss = self._in_batch_loss(states, targets, batch, valid)
         aux = getattr(self.item_encoder, "pop_aux_loss", lambda: None)()

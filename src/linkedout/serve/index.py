@@ -120,7 +120,8 @@ class FaissIndex:
             base.hnsw.efSearch = ef_search
             base.hnsw.efConstruction = max(40, ef_search)
         elif kind == "ivf":
-            nlist = nlist or max(1, int(4 * np.sqrt(max(n, 1))))
+            # ~sqrt(N) lists, and at least 39 training points per list (FAISS warns below that)
+            nlist = nlist or max(1, min(int(np.sqrt(max(n, 1))), n // 39))
             quantizer = faiss.IndexFlatIP(d)
             base = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
             rng = np.random.default_rng(seed)

@@ -1,0 +1,290 @@
+"""Serving benchmarks on loopback: /v1/recommend latency and throughput per catalogue size, the naive
+path (full model forward per request) for the ratio, event ingestion with durability, startup time
+and memory. Bounded loops only; prints a Markdown table and writes JSON.
+
+    .venv/bin/python benchmarks/serve_latency.py --sizes 20000 100000 1000000 \
+        --out benchmarks/results/serve.json
+
+The server runs in its own process (`linkedout serve`), the load generator in this one: on a 2-core
+machine they share the cores, as a sidecar client would. Latency is measured open-loop from each
+request's *scheduled* send time (no coordinated omission): a slow reply delays nobody's clock.
+Item vectors are random (scale, not quality, is measured here); the load average is recorded with
+every run because the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import torch
+
+from linkedout.serve.synthetic import random_vector_bundle, synthetic_model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle_dir: Path, events: Path, extra: list[str]) -> tuple[subprocess.Popen, str, float]:
+    port = free_port()
+    exe = Path(sys.executable).with_name("linkedout")
+    cmd = [
+        str(exe),
+        "serve",
+        "--bundle",
+        str(bundle_dir),
+        "--port",
+        str(port),
+        "--events",
+        str(events),
+        *extra,
+    ]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base, time.perf_counter() - started
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError("server did not start")
+
+
+async def open_loop(base: str, bodies: list[dict], rate: float, path: str = "/v1/recommend") -> dict:
+    """Send ``bodies`` at ``rate`` per second on a fixed schedule; latency from the scheduled time."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    lat: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(base_url=base, timeout=10, limits=limits) as client:
+        t0 = time.perf_counter() + 0.05
+
+        async def one(i: int, body: dict) -> None:
+            nonlocal errors
+            at = t0 + i / rate
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            r = await client.post(path, json=body)
+            lat.append(time.perf_counter() - at)
+            errors += r.status_code != 200
+
+        await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+        wall = time.perf_counter() - t0
+    a = np.array(lat) * 1000
+    return {
+        "requests": len(bodies),
+        "rate": rate,
+        "achieved_rps": len(bodies) / wall,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "errors": errors,
+    }
+
+
+async def closed_loop(
+    base: str, make_body, seconds: float, concurrency: int, path: str = "/v1/recommend"
+) -> dict:
+    done = 0
+    errors = 0
+    lat: list[float] = []
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        end = time.perf_counter() + seconds
+
+        async def worker(w: int) -> None:
+            nonlocal done, errors
+            n = 0
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                r = await client.post(path, json=make_body(w, n))
+                lat.append(time.perf_counter() - t)
+                errors += r.status_code != 200
+                done += 1
+                n += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        wall = time.perf_counter() - t0
+    a = np.array(lat) * 1000
+    return {
+        "per_s": done / wall,
+        "concurrency": concurrency,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "errors": errors,
+    }
+
+
+def naive_path(n_items: int, history: int, repeats: int, content: bool) -> float:
+    """ms per request of the trained model's own forward, one request at a time: the user encoder
+    plus, for a content model, the item encoder over the whole catalogue (what the bundle precomputes),
+    then a full sort. Random weights; the cost does not depend on them."""
+    if content:
+        model = synthetic_model(
+            n_items, item_encoder="linkedout", dim=64, n_layers=4, token_dim=32, max_len=50
+        )
+    else:
+        model = synthetic_model(n_items, item_encoder="id", dim=64, max_len=50)
+    model.train(False)
+    rng = np.random.default_rng(0)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            h = torch.as_tensor(rng.choice(n_items, size=history, replace=False))[None]
+            t = time.perf_counter()
+            model._item_matrix = None  # the naive path has no precomputed item matrix
+            scores = model.score_all_items(h)[0]
+            torch.argsort(scores, descending=True)[:10]
+            times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def fast_path_inprocess(bundle, history: int, repeats: int) -> float:
+    from linkedout.serve.engine import Engine, RecRequest
+
+    engine = Engine(bundle)
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(repeats):
+        h = rng.choice(bundle.n_items, size=history, replace=False).astype(np.int64)
+        t = time.perf_counter()
+        engine.recommend_batch([RecRequest(h, np.unique(h), 10, explain=False)])
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def recommend_body(bodies: list[dict]):
+    return lambda w, i: {**bodies[(w * 997 + i) % len(bodies)], "explain": False}
+
+
+def events_body(n_items: int, per_request: int):
+    def make(w: int, i: int) -> dict:
+        return {
+            "events": [
+                {
+                    "event_id": f"{per_request}-{w}-{i}-{j}",
+                    "user_id": f"u{w}",
+                    "item_id": f"i{(i + j) % n_items}",
+                }
+                for j in range(per_request)
+            ]
+        }
+
+    return make
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000, 1_000_000])
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--requests", type=int, default=1000, help="per open-loop run")
+    ap.add_argument("--history", type=int, default=50)
+    ap.add_argument(
+        "--naive-content-max", type=int, default=100_000, help="largest catalogue for the content naive path"
+    )
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    report: dict = {"loadavg_start": os.getloadavg(), "cores": os.cpu_count(), "runs": []}
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    try:
+        for n in args.sizes:
+            t = time.perf_counter()
+            bundle = random_vector_bundle(n, dim=64, max_len=args.history)
+            bundle.save(work / f"b{n}")
+            build_s = time.perf_counter() - t
+            bodies = [
+                {"history": [f"i{i}" for i in rng.choice(n, size=args.history, replace=False)], "k": 10}
+                for _ in range(args.requests)
+            ]
+            proc, base, startup = start_server(work / f"b{n}", work / f"e{n}.sqlite", ["--threads", "1"])
+            try:
+                rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+                asyncio.run(open_loop(base, [{**b, "explain": False} for b in bodies[:100]], 100))  # warm-up
+                row = {
+                    "items": n,
+                    "startup_s": startup,
+                    "rss_mb": rss,
+                    "bundle_build_s": build_s,
+                    "loadavg": os.getloadavg(),
+                }
+                row["recommend"] = asyncio.run(
+                    open_loop(base, [{**b, "explain": False} for b in bodies], args.rate)
+                )
+                row["recommend_explain"] = asyncio.run(
+                    open_loop(base, [{**b, "explain": True} for b in bodies], args.rate)
+                )
+                row["throughput"] = asyncio.run(closed_loop(base, recommend_body(bodies), 4.0, 16))
+                if n == args.sizes[0]:
+                    row["events_1"] = asyncio.run(closed_loop(base, events_body(n, 1), 4.0, 16, "/v1/events"))
+                    row["events_50"] = asyncio.run(
+                        closed_loop(base, events_body(n, 50), 4.0, 8, "/v1/events")
+                    )
+                    row["events_50"]["events_per_s"] = row["events_50"]["per_s"] * 50
+                row["rss_mb_after"] = psutil.Process(proc.pid).memory_info().rss / 2**20
+            finally:
+                proc.kill()
+                proc.wait()
+            row["fast_inprocess_ms"] = fast_path_inprocess(bundle, args.history, 200)
+            row["naive_id_ms"] = naive_path(n, args.history, 30, content=False)
+            if n <= args.naive_content_max:
+                row["naive_content_ms"] = naive_path(n, args.history, 5, content=True)
+            del bundle
+            shutil.rmtree(work / f"b{n}", ignore_errors=True)
+            report["runs"].append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["loadavg_end"] = os.getloadavg()
+    print_table(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+def print_table(report: dict) -> None:
+    print(
+        f"\nload average at start {report['loadavg_start']}, end {report['loadavg_end']}, "
+        f"{report['cores']} cores\n"
+    )
+    print(
+        "| items | p50 / p99 ms @ rate | + explain p50 / p99 | max req/s (p99 ms) | in-process fast ms "
+        "| naive id ms | naive content ms | startup s | RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in report["runs"]:
+        a, e, t = r["recommend"], r["recommend_explain"], r["throughput"]
+        nc = f"{r['naive_content_ms']:.1f}" if "naive_content_ms" in r else "-"
+        print(
+            f"| {r['items']:,} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} @ {a['achieved_rps']:.0f}/s | "
+            f"{e['p50_ms']:.2f} / {e['p99_ms']:.2f} | {t['per_s']:.0f} ({t['p99_ms']:.1f}) | "
+            f"{r['fast_inprocess_ms']:.2f} | {r['naive_id_ms']:.2f} | {nc} | {r['startup_s']:.1f} | "
+            f"{r['rss_mb_after']:.0f} |"
+        )
+    for r in report["runs"]:
+        if "events_1" in r:
+            print(
+                f"\nevents (SQLite WAL, synchronous=FULL): 1 per request {r['events_1']['per_s']:.0f}/s "
+                f"(p99 {r['events_1']['p99_ms']:.1f} ms), "
+                f"50 per request {r['events_50']['events_per_s']:.0f} events/s"
+            )
+
+
+if __name__ == "__main__":
+    main()
