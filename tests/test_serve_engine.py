@@ -143,3 +143,17 @@ def test_bundle_round_trip_keeps_everything(tmp_path):
     assert back.item_ids == bundle.item_ids and back.titles == bundle.titles
     assert back.thumbnails == {3: b"\xff\xd8jpeg"} and back.meta == bundle.meta
     assert back.can_encode_items and set(back.item_state) == set(bundle.item_state)
+
+
+def test_explain_window_occludes_only_the_most_recent_items():
+    bundle, _ = synthetic_bundle(30, max_len=10, seed=1)
+    engine = Engine(bundle)
+    h = np.array([4, 8, 15, 16, 23], dtype=np.int64)
+    full = engine.recommend_batch([RecRequest(h, NONE, k=3, explain_top=5)])[0]
+    window = engine.recommend_batch([RecRequest(h, NONE, k=3, explain_top=5, explain_window=2)])[0]
+    assert window.rows == full.rows
+    for got, want in zip(window.contributions, full.contributions, strict=True):
+        assert {i for i, _ in got} == {16, 23}
+        drops = dict(want)
+        for i, d in got:
+            assert d == pytest.approx(drops[i], abs=1e-5)

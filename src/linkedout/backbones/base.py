@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -34,6 +35,16 @@ class ItemTokens:
     item_id: str
     tokens: np.ndarray  # float16 [L, S, D]
     caption: str | None = None
+
+
+@lru_cache(maxsize=8)
+def file_sha256(path: str) -> str:
+    """SHA-256 of a weights file, for fingerprints (cached: the same file is hashed once a process)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def fingerprint(fields: dict[str, Any]) -> str:

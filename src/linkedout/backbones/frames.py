@@ -23,11 +23,9 @@ Default layers = the last block of each of the 7 stages + the head:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import math
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
@@ -35,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from linkedout.backbones.base import ItemInput, ItemTokens, fingerprint
+from linkedout.backbones.base import ItemInput, ItemTokens, file_sha256, fingerprint
 
 NUM_BLOCKS = 16
 HEAD = NUM_BLOCKS  # layer index of the head conv, after the 16 MBConv blocks
@@ -43,15 +41,6 @@ STAGE_ENDS = (0, 2, 4, 7, 10, 14, 15)  # last block of each stage of EfficientNe
 DEFAULT_LAYERS = (*STAGE_ENDS, HEAD)
 RESIZE_SHORT_SIDE = 256
 CROP = 224
-
-
-@lru_cache(maxsize=4)
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _pkg_version(name: str) -> str:
@@ -174,7 +163,7 @@ class FramesBackbone:
         return {
             "backbone": "frames",
             "model": "efficientnet-lite0",
-            "weights_sha256": _sha256(self.weights_path),
+            "weights_sha256": file_sha256(self.weights_path),
             "code": f"efficientnet-lite-pytorch=={_pkg_version('efficientnet-lite-pytorch')}",
             "layers": list(self.layers),
             "layer_names": list(self.layer_names),

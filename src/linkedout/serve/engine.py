@@ -7,7 +7,9 @@ checks this against the full model). Explanations:
 
 - per recommended item, its layer weights (precomputed in the bundle, computed on add for new items);
 - per recommended item, the history items that contributed: the drop in its score when that item is
-  removed from the history (occlusion, as `linkedout.explain`), all L variants in one batched forward.
+  removed from the history (occlusion, as `linkedout.explain`), all variants in one batched forward.
+  Occlusion costs one user-encoder pass per history item; the server limits it to the most recent
+  ``explain_window`` items (default 20), which keeps a 50-item SASRec history affordable.
 
 `MicroBatcher` groups concurrent requests: while the worker thread computes one batch, newly arrived
 requests queue up and go together in the next one (no added wait when idle, one matrix product for
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +42,7 @@ class RecRequest:
     k: int
     explain: bool = True
     explain_top: int = 5
+    explain_window: int | None = None  # occlude only the most recent items (None: all of them)
 
 
 @dataclass
@@ -104,20 +108,22 @@ class Engine:
         variants: list[np.ndarray] = []
         spans = []
         for b in which:
-            h = requests[b].history
+            h, window = requests[b].history, requests[b].explain_window
+            first = 0 if window is None else max(0, len(h) - window)
             start = len(variants)
-            variants += [np.delete(h, t) for t in range(len(h))]
+            variants += [np.delete(h, t) for t in range(first, len(h))]
             spans.append((start, len(variants)))
         occluded = self.user_vectors(variants)  # one forward for every variant of every request
         for b, (start, end) in zip(which, spans, strict=True):
             r, res = requests[b], results[b]
             top = self.index.vectors(torch.as_tensor(res.rows, dtype=torch.long))  # [k, D]
             full = users[b] @ top.T  # [k]
-            drops = (full[None, :] - occluded[start:end] @ top.T).numpy()  # [L, k]
+            drops = (full[None, :] - occluded[start:end] @ top.T).numpy()  # [window, k]
+            first = len(r.history) - (end - start)
             contributions = []
             for j in range(len(res.rows)):
                 order = np.argsort(-drops[:, j], kind="stable")[: r.explain_top]
-                contributions.append([(int(r.history[t]), float(drops[t, j])) for t in order])
+                contributions.append([(int(r.history[first + t]), float(drops[t, j])) for t in order])
             res.contributions = contributions
 
     def layer_weights(self, row: int) -> list[float] | None:
@@ -222,15 +228,21 @@ class Engine:
 class MicroBatcher:
     """Opportunistic batching of `RecRequest`s onto one worker thread (see the module docstring)."""
 
-    def __init__(self, engine: Engine, max_batch: int = 64) -> None:
+    def __init__(self, engine: Engine, max_batch: int = 64, inline: bool = True) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        # inline: score on the event-loop thread. A batch takes ~1 ms and blocks the loop that long,
+        # but there is no thread hand-off per batch: on a busy machine every wake-up of another
+        # thread waits for a time slice (milliseconds), which dominated p99 in benchmarks/serve_latency.py.
+        # Requests that arrive meanwhile wait in the socket buffers and form the next batch.
+        self.inline = inline
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="recommend")
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self.batches = 0
         self.requests = 0
         self.batch_sizes: dict[int, int] = {}
+        self.compute_seconds = 0.0  # time inside recommend_batch: the rest of a request's latency is HTTP
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -263,9 +275,15 @@ class MicroBatcher:
             self.requests += len(batch)
             self.batch_sizes[len(batch)] = self.batch_sizes.get(len(batch), 0) + 1
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self.engine.recommend_batch, [r for r, _ in batch]
-                )
+                requests = [r for r, _ in batch]
+                started = time.perf_counter()
+                if self.inline:
+                    results = self.engine.recommend_batch(requests)
+                else:
+                    results = await loop.run_in_executor(
+                        self._executor, self.engine.recommend_batch, requests
+                    )
+                self.compute_seconds += time.perf_counter() - started
             except Exception as e:  # a bug must fail these requests, not kill the batching loop
                 for _, f in batch:
                     if not f.done():
