@@ -116,5 +116,5 @@ def test_fingerprint_covers_weights_layers_pooling_and_sampler(backbone: FramesB
 
 
 def test_unknown_backbone_name_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="frames, text, vllm"):
+    with pytest.raises(ValueError, match="frames, text, caption, vllm"):
         get_backbone("clip")

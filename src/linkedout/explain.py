@@ -12,6 +12,7 @@ recommendation came from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ class Recommendation:
 
 @dataclass
 class Explanation:
-    user: int
+    user: Any  # raw user id (-1 for an anonymous history)
     history: list[int]  # item indices, oldest first (as the model saw them)
     recommendations: list[Recommendation]
     layer_names: tuple[str, ...] = ()
@@ -60,7 +61,7 @@ def explain_history(
     k: int = 10,
     exclude: np.ndarray | None = None,
     layer_names: tuple[str, ...] = (),
-    user: int = -1,
+    user: Any = -1,
 ) -> Explanation:
     """Top-``k`` for one history (item indices, oldest first) with occlusion contributions."""
     model.eval()
@@ -124,7 +125,7 @@ def explain_user(
     if len(split.excluded_items):
         exclude = split.excluded_items if exclude is None else np.union1d(exclude, split.excluded_items)
     names = tuple(getattr(getattr(model, "item_encoder", None), "layer_names", ()) or ())
-    return explain_history(model, history, k=k, exclude=exclude, layer_names=names, user=u)
+    return explain_history(model, history, k=k, exclude=exclude, layer_names=names, user=user_id)
 
 
 def plot_layer_weights(
