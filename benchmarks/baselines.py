@@ -33,11 +33,20 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["pop", "itemknn", "gru4rec", "sasrec"])
     ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/baselines.json"))
+    ap.add_argument("--table", type=Path, help="Only print the markdown table of an earlier --out file.")
     args = ap.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())["runs"]))
+        return
 
     spec = DatasetSpec(path=args.dataset)
     loaded = spec.load()
     runs = []
+    meta = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.protocols:
         protocol = get_protocol(name)
         prepared = (split(loaded.interactions, protocol), loaded.name)
@@ -55,12 +64,8 @@ def main() -> None:
                     f"total {time.perf_counter() - t0:.0f}s",
                     flush=True,
                 )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__,
-    }
-    args.out.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
+                # written after every run: a long benchmark stopped early keeps what it measured
+                args.out.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     print()
     print(markdown_table(runs))
 
