@@ -2,14 +2,15 @@
 
 Usage:
     python benchmarks/extract_clips.py                                  # bench tier, frames backbone, T=8
-    python benchmarks/extract_clips.py --configs inline,threads:1,threads:2,processes:1,processes:2
-    python benchmarks/extract_clips.py --tier small --frames 4 --json out.json
+    python benchmarks/extract_clips.py --configs inline,threads:1,processes:1 --rounds 3
+    python benchmarks/extract_clips.py --tier small --frames 4 --limit 8 --json out.json
 
 For each decode configuration it runs `linkedout.extract.extract` end to end into a fresh store, and
 compares with the backbone alone on the very same frames (decoded beforehand, kept in memory, fed in
 the same batches). The headline number is ``ratio = end-to-end seconds / backbone-only seconds``: 1.0
 means decoding, batching and writing cost nothing on top of the model (goal <= 1.15). Backbone-only is
-timed before and after the end-to-end runs and averaged, because a shared machine drifts.
+timed before and after each round of end-to-end runs and averaged, because a shared machine drifts;
+``--rounds N`` repeats everything (configs in rotated order) and reports medians.
 
 Also reported: clips/s, frames/s, the main thread's time spent waiting for decoded clips, decode-only
 seconds (one thread, sequential), peak RSS (this process; decode worker processes separately), and
@@ -24,6 +25,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -105,104 +107,153 @@ def _parse_config(text: str) -> tuple[str, int, str]:
     return text, int(n or 1), kind
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tier", default="bench", choices=["small", "bench"])
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--configs", default="threads:1", help="comma list: inline, threads:N, processes:N")
-    ap.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
-    ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args(argv)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-
-    samples = fetch_samples(args.tier, quiet=True)
-    catalog = Catalog.from_samples(samples)  # valid clips only: edge cases are not catalog items
-    backbone = get_backbone("frames")
-    sampler = FrameSampler(args.frames, default_frame_size(backbone))
-    load0 = os.getloadavg()
-
-    inputs, decode_only_s, decode_failed = _decode_all(catalog, sampler)
-    backbone.encode(inputs[:2])  # warm-up: first-call allocations and kernel selection are not steady state
-    before = _backbone_only(backbone, inputs, args.batch_size)
-    n_frames = sum(len(i.frames) for i in inputs if i.frames is not None)
-    del inputs  # the end-to-end runs' peak RSS must not include this copy of every frame
-
-    runs = []
-    for cfg in args.configs.split(","):
-        label, workers, parallel = _parse_config(cfg.strip())
-        with tempfile.TemporaryDirectory(prefix="linkedout-bench-") as tmp, _PeakRSS() as rss:
-            r = extract(
-                catalog,
-                backbone,
-                Path(tmp) / "store",
-                sampler=sampler,
-                batch_size=args.batch_size,
-                workers=workers,
-                parallel=parallel,  # type: ignore[arg-type]
-                progress=False,
-            )
-        runs.append((label, r, rss.peak_self / 2**20, rss.peak_total / 2**20))
-        print(f"{label:<12} {r.summary()}", flush=True)
-
-    inputs, _, _ = _decode_all(catalog, sampler)
-    after = _backbone_only(backbone, inputs, args.batch_size)
-    backbone_s = (before + after) / 2
-    load1 = os.getloadavg()
-
-    machine = {
+def _machine(load0: tuple[float, ...]) -> dict:
+    return {
         "cores": os.cpu_count(),
         "gpu": torch.cuda.is_available(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_default_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "loadavg_start": [round(x, 2) for x in load0],
-        "loadavg_end": [round(x, 2) for x in load1],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tier", default="bench", choices=["small", "bench"])
+    ap.add_argument("--limit", type=int, help="only the first N valid clips (quick A/B runs)")
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--configs", default="threads:1", help="comma list: inline, threads:N, processes:N")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat everything, configs in rotated order")
+    ap.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default (all cores)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+
+    samples = fetch_samples(args.tier, quiet=True)
+    catalog = Catalog.from_samples(samples)[: args.limit]  # valid clips only: edge cases are not items
+    backbone = get_backbone("frames")
+    sampler = FrameSampler(args.frames, default_frame_size(backbone))
+    configs = [_parse_config(c.strip()) for c in args.configs.split(",")]
+    load0 = os.getloadavg()
+    torch_default = torch.get_num_threads()
+
+    def threads_for(workers: int) -> int:
+        """torch threads of an end-to-end run; its backbone-only reference uses the same count.
+        (One count for all configs today; per-config counts were tried, see docs/extraction.md.)"""
+        return args.torch_threads or torch_default
+
+    thread_counts = sorted({threads_for(w) for _, w, _ in configs})
+
+    def backbone_only() -> tuple[dict[int, float], float, dict[str, str], int]:
+        inputs, decode_s, failed = _decode_all(catalog, sampler)
+        frames = sum(len(i.frames) for i in inputs if i.frames is not None)
+        times = {}
+        for n in thread_counts:
+            torch.set_num_threads(n)
+            times[n] = _backbone_only(backbone, inputs, args.batch_size)
+        torch.set_num_threads(torch_default)
+        return times, decode_s, failed, frames
+        # (inputs freed on return: the end-to-end runs' peak RSS must not include them)
+
+    warm, _, _ = _decode_all(catalog[:2], sampler)
+    backbone.encode(warm)  # first-call allocations and kernel selection are not steady state
+    del warm
+
+    # Rounds: backbone-only, then every config (rotated), then backbone-only again; each config's
+    # ratio uses the mean of the backbone-only times measured just before and after its round.
+    bb_times: list[dict[int, float]] = []
+    decode_times: list[float] = []
+    runs: dict[str, list[tuple]] = {label: [] for label, _, _ in configs}
+    bb_s, decode_s, precheck_failed, n_frames = backbone_only()
+    bb_times.append(bb_s)
+    decode_times.append(decode_s)
+    for rnd in range(args.rounds):
+        order = configs[rnd % len(configs) :] + configs[: rnd % len(configs)]
+        round_runs = []
+        for label, workers, parallel in order:
+            with tempfile.TemporaryDirectory(prefix="linkedout-bench-") as tmp, _PeakRSS() as rss:
+                r = extract(
+                    catalog,
+                    backbone,
+                    Path(tmp) / "store",
+                    sampler=sampler,
+                    batch_size=args.batch_size,
+                    workers=workers,
+                    parallel=parallel,  # type: ignore[arg-type]
+                    progress=False,
+                    torch_threads=threads_for(workers),
+                )
+            round_runs.append((label, r, rss.peak_self / 2**20, rss.peak_total / 2**20))
+            print(f"round {rnd + 1} {label:<12} {r.summary()}", flush=True)
+        bb_s, decode_s, _, _ = backbone_only()
+        bb_times.append(bb_s)
+        decode_times.append(decode_s)
+        for label, r, rss_self, rss_total in round_runs:
+            n = threads_for(r.workers)
+            ref = (bb_times[-2][n] + bb_times[-1][n]) / 2
+            runs[label].append((r, r.seconds / ref, rss_self, rss_total))
+        show = "; ".join(
+            f"{n} thread(s) {bb_times[-2][n]:.1f} -> {bb_times[-1][n]:.1f} s" for n in thread_counts
+        )
+        print(f"round {rnd + 1} backbone only, before -> after: {show}", flush=True)
+
+    machine = _machine(load0)
     print(
-        f"\n{len(catalog)} valid clips, T={args.frames}, size={sampler.size}, batch {args.batch_size}; "
-        f"backbone only {before:.1f} s before / {after:.1f} s after the runs (mean {backbone_s:.1f} s); "
-        f"decode only {decode_only_s:.1f} s (1 thread); load average {load0[0]:.1f} -> {load1[0]:.1f} "
-        f"on {os.cpu_count()} cores"
+        f"\n{len(catalog)} valid clips, T={args.frames}, size={sampler.size}, batch {args.batch_size}, "
+        f"{args.rounds} round(s); backbone only by torch threads (s): "
+        f"{'; '.join(', '.join(f'{n}: {t:.1f}' for n, t in bt.items()) for bt in bb_times)}; "
+        f"decode only {statistics.median(decode_times):.1f} s (1 thread, median); load average "
+        f"{load0[0]:.1f} -> {machine['loadavg_end'][0]:.1f} on {os.cpu_count()} cores"
     )
     print(
-        f"{'config':<12} {'e2e s':>7} {'ratio':>6} {'clips/s':>8} {'frames/s':>9} {'wait s':>7} {'fail':>5}"
+        f"{'config':<12} {'threads':>7} {'e2e s':>7} {'ratio':>6} {'clips/s':>8} {'frames/s':>9} "
+        f"{'wait s':>7} {'RSS MB':>7} {'fail':>5}   (medians; ratio = e2e / backbone-only, same threads)"
     )
     results = []
-    for label, r, rss, rss_total in runs:
-        ratio = r.seconds / backbone_s
+    for label, rows in runs.items():
+        med = statistics.median
+        e2e = med(r.seconds for r, *_ in rows)
+        ratio = med(x for _, x, _, _ in rows)
+        fails = max(len(r.failed) for r, *_ in rows)
+        r0 = rows[0][0]
+        threads = threads_for(r0.workers)
         print(
-            f"{label:<12} {r.seconds:7.1f} {ratio:6.2f} {r.items_per_second:8.2f} "
-            f"{r.frames_per_second:9.1f} {r.decode_wait_seconds:7.1f} {len(r.failed):5d}"
+            f"{label:<12} {threads:7d} {e2e:7.1f} {ratio:6.2f} {len(catalog) / e2e:8.2f} "
+            f"{r0.frames / e2e:9.1f} "
+            f"{med(r.decode_wait_seconds for r, *_ in rows):7.1f} {max(x for *_, x in rows):7.0f} {fails:5d}"
         )
         results.append(
             {
                 "bench": "extract_clips",
                 "tier": args.tier,
                 "config": label,
+                "rounds": args.rounds,
                 "clips": len(catalog),
-                "extracted": r.extracted,
-                "failures_on_valid": len(r.failed),
-                "failed": r.failed,
-                "frames": r.frames,
+                "extracted": min(r.extracted for r, *_ in rows),
+                "failures_on_valid": fails,
+                "failed": {k: v for r, *_ in rows for k, v in r.failed.items()},
+                "frames": r0.frames,
                 "num_frames": args.frames,
                 "size": sampler.size,
                 "batch_size": args.batch_size,
-                "e2e_seconds": round(r.seconds, 2),
-                "clips_per_second": round(r.items_per_second, 3),
-                "frames_per_second": round(r.frames_per_second, 2),
-                "backbone_only_seconds": round(backbone_s, 2),
-                "backbone_only_before_after": [round(before, 2), round(after, 2)],
+                "torch_threads": threads,
+                "e2e_seconds": round(e2e, 2),
+                "e2e_seconds_all": [round(r.seconds, 2) for r, *_ in rows],
+                "clips_per_second": round(len(catalog) / e2e, 3),
+                "frames_per_second": round(r0.frames / e2e, 2),
                 "ratio_e2e_to_backbone": round(ratio, 3),
-                "decode_wait_seconds": round(r.decode_wait_seconds, 2),
-                "decode_seconds_in_workers": round(r.decode_seconds, 2),
-                "decode_only_seconds_1_thread": round(decode_only_s, 2),
-                "backbone_seconds_in_run": round(r.backbone_seconds, 2),
-                "write_seconds": round(r.write_seconds + r.compact_seconds, 2),
-                "peak_rss_mb": round(rss, 1),
-                "peak_rss_mb_with_worker_processes": round(rss_total, 1),
-                "decode_failed_in_precheck": decode_failed,
+                "ratio_all": [round(x, 3) for _, x, _, _ in rows],
+                "backbone_only_seconds_all": [round(t[threads], 2) for t in bb_times],
+                "decode_wait_seconds": round(med(r.decode_wait_seconds for r, *_ in rows), 2),
+                "decode_seconds_in_workers": round(med(r.decode_seconds for r, *_ in rows), 2),
+                "decode_only_seconds_1_thread": round(statistics.median(decode_times), 2),
+                "backbone_seconds_in_run": round(med(r.backbone_seconds for r, *_ in rows), 2),
+                "write_seconds": round(med(r.write_seconds + r.compact_seconds for r, *_ in rows), 2),
+                "peak_rss_mb": round(max(x for _, _, x, _ in rows), 1),
+                "peak_rss_mb_with_worker_processes": round(max(x for *_, x in rows), 1),
+                "decode_failed_in_precheck": precheck_failed,
                 "frames_checked": n_frames,
                 "machine": machine,
             }

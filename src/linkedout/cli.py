@@ -262,7 +262,16 @@ def extract_cmd(
     ),
     batch_size: int = typer.Option(8, "--batch-size", help="Items per backbone call."),
     workers: int | None = typer.Option(
-        None, "--workers", help="Decode workers (0 = decode in the main thread).", show_default="cores - 1"
+        None,
+        "--workers",
+        help="Decode workers (0 = decode in the main thread).",
+        show_default="1 per 8 cores (CPU backbone), cores - 1 up to 8 (GPU)",
+    ),
+    torch_threads: int | None = typer.Option(
+        None,
+        "--torch-threads",
+        help="torch threads during the run (fewer than cores helps on a busy shared machine).",
+        show_default="torch's setting",
     ),
     parallel: str = typer.Option("threads", "--parallel", help="threads | processes (decode workers)."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N catalog items."),
@@ -332,6 +341,7 @@ def extract_cmd(
             limit=limit,
             retry_failed=retry_failed,
             progress=not quiet,
+            torch_threads=torch_threads or None,
         )
     except (FileNotFoundError, DataFormatError, FingerprintMismatchError, ExtractError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)

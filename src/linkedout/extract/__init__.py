@@ -1,34 +1,44 @@
 """linkedout.extract: catalog -> frames -> frozen backbone -> FeatureStore, resumable (see pipeline.py).
 
 Public API: :func:`extract`, :class:`ExtractReport`, :class:`ExtractError`, :func:`load_catalog`,
-:func:`describe_store`.
+:func:`describe_store`, :func:`format_store_info`.
+
+Names are resolved lazily (PEP 562): decode worker processes import ``linkedout.extract.decode_worker``
+and must not pull the pipeline (hence Lance and the store) in with the package.
 """
 
-from linkedout.extract.pipeline import (
-    DEFAULT_FRAME_SIZE,
-    ITEM_TEXT_RECIPE,
-    ExtractError,
-    ExtractReport,
-    default_frame_size,
-    default_workers,
-    extract,
-    item_text,
-    load_catalog,
-    pipeline_fingerprint_fields,
-)
-from linkedout.extract.storeinfo import describe_store, format_store_info
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_FRAME_SIZE",
-    "ITEM_TEXT_RECIPE",
-    "ExtractError",
-    "ExtractReport",
-    "default_frame_size",
-    "default_workers",
-    "describe_store",
-    "extract",
-    "format_store_info",
-    "item_text",
-    "load_catalog",
-    "pipeline_fingerprint_fields",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DEFAULT_FRAME_SIZE": "pipeline",
+    "ITEM_TEXT_RECIPE": "pipeline",
+    "ExtractError": "pipeline",
+    "ExtractReport": "pipeline",
+    "default_frame_size": "pipeline",
+    "cpu_count": "pipeline",
+    "default_workers": "pipeline",
+    "extract": "pipeline",
+    "item_text": "pipeline",
+    "load_catalog": "pipeline",
+    "pipeline_fingerprint_fields": "pipeline",
+    "describe_store": "storeinfo",
+    "format_store_info": "storeinfo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'linkedout.extract' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"linkedout.extract.{module}"), name)
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

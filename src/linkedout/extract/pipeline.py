@@ -39,16 +39,21 @@ import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
+
 from linkedout.backbones.base import Backbone, ItemInput, ItemTokens
 from linkedout.data.catalog import Catalog, CatalogItem
+from linkedout.extract.decode_worker import decode_clip, exit_with_parent
 from linkedout.store import FeatureStore
 from linkedout.video import DecodedClip, DecodeFailure, FrameSampler
 
@@ -57,6 +62,7 @@ __all__ = [
     "ITEM_TEXT_RECIPE",
     "ExtractError",
     "ExtractReport",
+    "cpu_count",
     "default_frame_size",
     "default_workers",
     "extract",
@@ -111,6 +117,7 @@ class ExtractReport:
     compact_seconds: float = 0.0
     workers: int = 0
     parallel: str = "threads"
+    torch_threads: int | None = None  # set for the run (None: left as it was)
     batch_size: int = 0
     num_frames: int | None = None
     size: int | None = None
@@ -195,15 +202,42 @@ def default_frame_size(backbone: Backbone | str) -> int | None:
     return DEFAULT_FRAME_SIZE.get(name.partition(":")[0], 448)
 
 
-def default_workers() -> int:
-    """Decode workers: one per core the backbone does not need, at least 1, at most 4.
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask in containers, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
-    On 2 cores that is 1: torch's intra-op threads use both cores while the backbone runs, and
-    decoding fills the gaps (data loading, Python glue, the store write). Measured in
-    docs/extraction.md; more workers only add contention there.
-    """
-    n = os.cpu_count() or 1
-    return max(1, min(4, n - 1))
+
+def _on_cpu(backbone: Backbone) -> bool:
+    return str(getattr(backbone, "device", "cpu")).split(":")[0] == "cpu"
+
+
+def default_workers(backbone: Backbone | None = None) -> int:
+    """Decode workers. A CPU backbone: one per 8 cores (at least 1): decoding 8 frames at 256 px
+    costs ~10 % of EfficientNet-Lite0's forward on them, so more workers would only take cores
+    from torch. A GPU backbone: up to 8 (cores - 1): there decoding is the bottleneck."""
+    n = cpu_count()
+    if backbone is not None and not _on_cpu(backbone):
+        return max(1, min(8, n - 1))
+    return max(1, n // 8)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the block and restore them (no-op if torch is not loaded:
+    backbones that do not use torch should not pay for importing it)."""
+    torch = sys.modules.get("torch")
+    old = torch.get_num_threads() if torch is not None else None
+    if torch is None or n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def pipeline_fingerprint_fields(backbone: Backbone, sampler: FrameSampler | None) -> dict[str, Any]:
@@ -223,13 +257,6 @@ def pipeline_fingerprint_fields(backbone: Backbone, sampler: FrameSampler | None
 _Decoded = tuple[CatalogItem, DecodedClip | DecodeFailure | None]
 
 
-def _decode_one(sampler: FrameSampler, path: str) -> tuple[DecodedClip | DecodeFailure, float]:
-    """Runs in a decode worker (thread or process): module level so that it pickles."""
-    t0 = time.perf_counter()
-    out = sampler.try_sample(path)  # never raises: any error comes back as a DecodeFailure
-    return out, time.perf_counter() - t0
-
-
 def _process_context() -> multiprocessing.context.BaseContext:
     # forkserver, not fork: the parent runs torch's and Lance's thread pools, and forking a
     # multi-threaded process can deadlock the child (Lance warns about it, Python 3.12 too). Workers
@@ -237,7 +264,9 @@ def _process_context() -> multiprocessing.context.BaseContext:
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["linkedout.extract.pipeline"])
+        # Only the light worker module: the default preload ("__main__") would import the caller's
+        # script, hence Lance, into the server, which then warns at every fork.
+        ctx.set_forkserver_preload(["linkedout.extract.decode_worker"])
     return ctx
 
 
@@ -264,24 +293,57 @@ class _Source:
         self._items = iter(items)
         self._window: deque[tuple[CatalogItem, Future[tuple[DecodedClip | DecodeFailure, float]]]] = deque()
         self._pool: Executor | None = None
+        self._workers, self._parallel = workers, parallel
         if sampler is None or workers == 0:
             return
-        if parallel == "threads":
-            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="linkedout-decode")
-        elif parallel == "processes":
-            self._pool = ProcessPoolExecutor(workers, mp_context=_process_context())
-        else:
+        if parallel not in ("threads", "processes"):
             raise ValueError(f"parallel must be 'threads' or 'processes', not {parallel!r}")
+        self._pool = self._new_pool()
         for _ in range(prefetch):
             if not self._submit():
                 break
+
+    def _new_pool(self) -> Executor:
+        if self._parallel == "threads":
+            return ThreadPoolExecutor(self._workers, thread_name_prefix="linkedout-decode")
+        me = psutil.Process()
+        return ProcessPoolExecutor(
+            self._workers,
+            mp_context=_process_context(),
+            initializer=exit_with_parent,
+            initargs=(me.pid, me.create_time()),
+        )
+
+    def _restart_pool(self) -> None:
+        assert self._pool is not None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+
+    def _after_crash(self, item: CatalogItem) -> tuple[DecodedClip | DecodeFailure, float]:
+        """A decode worker process died (FFmpeg crashed on some file, or it was killed): every clip in
+        flight is lost and the culprit is unknown. Decode ``item`` alone in a fresh pool: if that
+        crashes too, it is the culprit and becomes a failure; then the rest of the window is
+        resubmitted. Each crash costs one window of re-decoding; the run goes on."""
+        assert self.sampler is not None
+        self._restart_pool()
+        assert self._pool is not None
+        try:
+            out = self._pool.submit(decode_clip, self.sampler, item.path).result()
+        except BrokenProcessPool:
+            self._restart_pool()
+            out = (DecodeFailure(item.path, "decoder process crashed on this file"), 0.0)
+        assert self._pool is not None
+        self._window = deque(
+            (it, self._pool.submit(decode_clip, self.sampler, it.path)) for it, _ in self._window
+        )
+        return out
 
     def _submit(self) -> bool:
         item = next(self._items, None)
         if item is None:
             return False
         assert self._pool is not None and self.sampler is not None
-        self._window.append((item, self._pool.submit(_decode_one, self.sampler, item.path)))
+        self._window.append((item, self._pool.submit(decode_clip, self.sampler, item.path)))
         return True
 
     def next_ready(self) -> bool:
@@ -295,7 +357,7 @@ class _Source:
                     yield item, None
                     continue
                 t0 = time.perf_counter()
-                out, secs = _decode_one(self.sampler, item.path)
+                out, secs = decode_clip(self.sampler, item.path)
                 self.wait_seconds += time.perf_counter() - t0
                 self.decode_seconds += secs
                 yield item, out
@@ -303,7 +365,10 @@ class _Source:
         while self._window:
             item, fut = self._window.popleft()
             t0 = time.perf_counter()
-            out, secs = fut.result()
+            try:
+                out, secs = fut.result()
+            except BrokenProcessPool:
+                out, secs = self._after_crash(item)
             self.wait_seconds += time.perf_counter() - t0
             self.decode_seconds += secs
             self._submit()
@@ -428,6 +493,7 @@ def extract(
     retry_failed: bool = False,
     compact: bool = True,
     sampler: FrameSampler | None = None,
+    torch_threads: int | None = None,
 ) -> ExtractReport:
     """Extract `LayerTokens` for every catalog item not yet in the store at ``store_path``.
 
@@ -438,7 +504,9 @@ def extract(
     ``"threads"`` or ``"processes"``, ``prefetch``: clips decoded ahead (default 2 batches).
     ``limit``: only the first N catalog items are in scope (a scope, not a budget: re-running with the
     same limit does nothing new). ``retry_failed``: decode again items whose decode failed in an
-    earlier run. Text backbones read `item_text` and never decode.
+    earlier run. Text backbones read `item_text` and never decode. ``torch_threads``: torch's
+    intra-op threads during the run, restored after (None: leave torch as it is; on a machine shared
+    with other busy processes, fewer threads than cores avoids OpenMP stalls: docs/extraction.md).
 
     Resumable and crash-safe (see module docstring); returns an `ExtractReport`. Raises
     `~linkedout.store.FingerprintMismatchError` if the store holds tokens from other settings, and
@@ -457,7 +525,8 @@ def extract(
         sampler = FrameSampler(frames, default_frame_size(backbone) if size == "auto" else size)
     if not video:
         sampler = None
-    n_workers = default_workers() if workers is None else max(0, int(workers))
+    n_workers = (default_workers(backbone) if workers is None else max(0, int(workers))) if video else 0
+    n_threads = torch_threads
     n_prefetch = max(1, prefetch if prefetch is not None else 2 * batch_size)
 
     store = FeatureStore.open_or_create(
@@ -488,14 +557,15 @@ def extract(
         skipped_failed=sum(it.id in skip_failed and it.id not in done for it in items),
         attempted=len(todo),
         extracted=0,
-        workers=n_workers if video else 0,
-        parallel=parallel if video and n_workers else "inline",
+        workers=n_workers,
+        parallel=parallel if n_workers else "inline",
+        torch_threads=n_threads,
         batch_size=batch_size,
         num_frames=sampler.num_frames if sampler else None,
         size=sampler.size if sampler else None,
     )
 
-    source = _Source(todo, sampler, n_workers if video else 0, parallel, n_prefetch)
+    source = _Source(todo, sampler, n_workers, parallel, n_prefetch)
 
     batch: list[ItemInput] = []
     pending_failures: dict[str, str] = {}
@@ -534,7 +604,11 @@ def extract(
             )
 
     label = f"extract {backbone.name}"
-    with _Progress(progress, len(todo), label) as bar, contextlib.closing(source):
+    with (
+        _Progress(progress, len(todo), label) as bar,
+        contextlib.closing(source),
+        _torch_threads(n_threads if todo else None),
+    ):
         for item, decoded in source:
             if isinstance(decoded, DecodeFailure):
                 reason = f"decode: {decoded.reason}"
