@@ -15,7 +15,8 @@ timed before and after each round of end-to-end runs and averaged, because a sha
 Also reported: clips/s, frames/s, the main thread's time spent waiting for decoded clips, decode-only
 seconds (one thread, sequential), peak RSS (this process; decode worker processes separately), and
 failures on valid clips (goal 0). One JSON line per configuration is printed at the end.
-Peak RSS is sampled during each end-to-end run (this process, and with decode worker processes).
+Peak RSS is sampled during each end-to-end run (this process, and with decode worker processes), and
+measured once for a fresh `linkedout extract` process with default settings (the clean number).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default="threads:1", help="comma list: inline, threads:N, processes:N")
     ap.add_argument("--rounds", type=int, default=1, help="repeat everything, configs in rotated order")
     ap.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default (all cores)")
+    ap.add_argument("--no-cli-rss", action="store_true", help="skip the fresh-process RSS run")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -199,6 +203,33 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"round {rnd + 1} backbone only, before -> after: {show}", flush=True)
 
+    # Peak RSS of a real `linkedout extract` in a fresh process: in this process, memory the
+    # backbone-only passes freed stays mapped (glibc keeps freed heap), inflating every later peak.
+    cli_rss = None
+    if not args.no_cli_rss:
+        tier = f"samples:{args.tier}"
+        with tempfile.TemporaryDirectory(prefix="linkedout-bench-") as tmp:
+            cmd = [sys.executable, "-c", "from linkedout.cli import app; app()", "extract", "--catalog", tier]
+            cmd += ["--store", str(Path(tmp) / "s"), "--frames", str(args.frames), "-q", "--json"]
+            cmd += ["--batch-size", str(args.batch_size)] + (
+                ["--limit", str(args.limit)] if args.limit else []
+            )
+            if args.torch_threads:
+                cmd += ["--torch-threads", str(args.torch_threads)]
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            wall = time.perf_counter() - t0
+        report = json.loads(out.stdout)
+        cli_rss = {
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+            "wall_seconds_incl_startup": round(wall, 2),
+            "e2e_seconds": report["seconds"],
+            "workers": report["workers"],
+            "parallel": report["parallel"],
+            "failed": report["failed"],
+        }
+        print(f"fresh `linkedout extract` process: {cli_rss}", flush=True)
+
     machine = _machine(load0)
     print(
         f"\n{len(catalog)} valid clips, T={args.frames}, size={sampler.size}, batch {args.batch_size}, "
@@ -255,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_rss_mb_with_worker_processes": round(max(x for *_, x in rows), 1),
                 "decode_failed_in_precheck": precheck_failed,
                 "frames_checked": n_frames,
+                "cli_default_run": cli_rss,
                 "machine": machine,
             }
         )
