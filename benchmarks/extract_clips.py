@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,18 +46,23 @@ from linkedout.video import DecodedClip, FrameSampler
 
 
 class _PeakRSS:
-    """Peak resident memory during a block, sampled every 20 ms: this process, and this process plus
-    its children (decode worker processes). ``ru_maxrss`` cannot do this: it is a lifetime peak."""
+    """Peak resident memory during a block, sampled every 20 ms: a process (this one by default), and
+    it plus its children (decode worker processes). ``ru_maxrss`` cannot do this: it is a lifetime
+    peak, and for a child it includes the parent's size between fork and exec."""
 
-    def __init__(self) -> None:
-        self.me = psutil.Process()
+    def __init__(self, pid: int | None = None) -> None:
+        self.me = psutil.Process(pid)
         self.peak_self = self.peak_total = 0
         self._stop = threading.Event()
 
     def _sample(self) -> None:
-        mine = self.me.memory_info().rss
+        try:
+            mine = self.me.memory_info().rss
+            children = self.me.children(recursive=True)
+        except psutil.Error:  # the watched process has exited
+            return
         total = mine
-        for child in self.me.children(recursive=True):
+        for child in children:
             with contextlib.suppress(psutil.Error):  # a worker that just exited
                 total += child.memory_info().rss
         self.peak_self, self.peak_total = max(self.peak_self, mine), max(self.peak_total, total)
@@ -217,11 +221,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.torch_threads:
                 cmd += ["--torch-threads", str(args.torch_threads)]
             t0 = time.perf_counter()
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            with _PeakRSS(proc.pid) as child_rss:  # Popen returns after exec: no pre-exec sample
+                stdout, stderr = proc.communicate()
             wall = time.perf_counter() - t0
-        report = json.loads(out.stdout)
+            if proc.returncode != 0:
+                raise SystemExit(f"linkedout extract failed:\n{stderr}")
+        report = json.loads(stdout)
         cli_rss = {
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+            "peak_rss_mb": round(child_rss.peak_total / 2**20, 1),
             "wall_seconds_incl_startup": round(wall, 2),
             "e2e_seconds": report["seconds"],
             "workers": report["workers"],

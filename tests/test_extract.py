@@ -282,6 +282,28 @@ def test_text_backbone_reads_catalog_title_and_text_without_decoding(tmp_path: P
     np.testing.assert_array_equal(store.read(["a"])[0], direct)
 
 
+def test_cli_wires_the_vllm_backbone_options_through(tmp_path: Path) -> None:
+    """A tiny random LLaVA-OneVision checkpoint (written offline): --model, --layers, --new-tokens,
+    --prompt and --frames reach the backbone and its fingerprint."""
+    from linkedout.testing import write_tiny_checkpoint
+
+    model = write_tiny_checkpoint("llava_onevision", tmp_path / "tiny")
+    args = ["extract", "--catalog", "samples:small", "--backbone", "vllm", "--model", str(model)]
+    args += ["--store", str(tmp_path / "s"), "--limit", "2", "--frames", "2", "--batch-size", "2"]
+    args += ["--layers", "every:2", "--new-tokens", "2", "--prompt", "What happens?", "-q", "--json"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    store = FeatureStore.open(tmp_path / "s")
+    fields = store.meta.fingerprint_fields
+    assert len(store) == 2 and store.token_kinds[-1] == "new"
+    assert (fields["prompt"], fields["new_tokens"], fields["sampler"]["num_frames"]) == (
+        "What happens?",
+        2,
+        2,
+    )
+    assert all(c for c in store.captions(store.ids()))  # the generated tokens, decoded
+
+
 # ------------------------------------------------------------------------------------ kill and resume
 
 

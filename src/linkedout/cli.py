@@ -265,7 +265,7 @@ def extract_cmd(
         None,
         "--workers",
         help="Decode workers (0 = decode in the main thread).",
-        show_default="1 per 8 cores (CPU backbone), cores - 1 up to 8 (GPU)",
+        show_default="1 per 6 cores (CPU backbone), cores - 1 up to 8 (GPU)",
     ),
     torch_threads: int | None = typer.Option(
         None,
@@ -343,7 +343,8 @@ def extract_cmd(
             progress=not quiet,
             torch_threads=torch_threads or None,
         )
-    except (FileNotFoundError, DataFormatError, FingerprintMismatchError, ExtractError, ValueError) as e:
+    except (OSError, ImportError, DataFormatError, FingerprintMismatchError, ExtractError, ValueError) as e:
+        # OSError: a model that cannot be found or downloaded; ImportError: an optional stack missing
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if json_out:

@@ -21,8 +21,10 @@ Why the pieces look like this:
   (``prefetch`` clips in flight, 2 batches by default). PyAV releases the GIL inside FFmpeg (demux,
   decode, swscale), so threads overlap with torch without copying frames between processes;
   ``parallel="processes"`` (a forkserver process pool) also frees the Python glue from the GIL but
-  pickles every clip through a pipe. When the next clip is not decoded yet the backbone takes the
-  partial batch rather than idle. `benchmarks/extract_clips.py` measures it: docs/extraction.md.
+  pickles every clip through a pipe; on 2 cores both were equally fast, threads use less memory and
+  start instantly, so they are the default. When the next clip is not decoded yet the backbone takes
+  the partial batch rather than idle. Overlap can only use CPU the backbone leaves idle: measured in
+  docs/extraction.md (`benchmarks/extract_clips.py`).
 * **Resume.** The only "done" marker is a committed row, so a run killed at any moment resumes where
   its last commit ended: nothing is written twice and nothing uncommitted is lost.
 * **Failures.** Reasons carry their stage (``decode:``, ``backbone:``, ``text:``). Decode failures
@@ -75,7 +77,7 @@ Parallel = Literal["threads", "processes"]
 
 # Short side (pixels) frames are decoded at, per backbone. The frames backbone resizes to 256 then
 # crops 224: decoding straight to 256 makes its own resize a no-op. Video-LLM processors resize to
-# ~384-448 themselves; 448 keeps what they need while a 1080p clip's 8 frames stay ~5 MB, not 50.
+# ~384-448 themselves; 448 keeps what they need while a 1080p clip's 8 frames stay ~9 MB, not 50.
 DEFAULT_FRAME_SIZE: dict[str, int | None] = {"frames": 256, "vllm": 448}
 ITEM_TEXT_RECIPE = "catalog title + '\\n' + text (missing parts left out)"
 
@@ -215,13 +217,18 @@ def _on_cpu(backbone: Backbone) -> bool:
 
 
 def default_workers(backbone: Backbone | None = None) -> int:
-    """Decode workers. A CPU backbone: one per 8 cores (at least 1): decoding 8 frames at 256 px
-    costs ~10 % of EfficientNet-Lite0's forward on them, so more workers would only take cores
-    from torch. A GPU backbone: up to 8 (cores - 1): there decoding is the bottleneck."""
+    """Decode workers for a run.
+
+    CPU backbone: one per 6 cores, at least 1. Measured on the bench tier (docs/extraction.md):
+    decoding T=8 frames at 256 px costs ~6 core-seconds per 60 clips against ~38 for EfficientNet-Lite0
+    on them (~16 %), so a worker per ~6 cores keeps pace and more would take cores from torch (2
+    decode threads were no faster than 1 on 2 cores). GPU backbone: up to 8 (cores - 1), since there
+    decoding is the bottleneck (not measured here: no GPU).
+    """
     n = cpu_count()
     if backbone is not None and not _on_cpu(backbone):
         return max(1, min(8, n - 1))
-    return max(1, n // 8)
+    return max(1, n // 6)
 
 
 @contextlib.contextmanager

@@ -68,7 +68,7 @@ def format_store_info(info: dict[str, Any], max_failures: int = 50) -> str:
     ]
     for k in sorted(fields):
         v = fields[k]
-        text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+        text = v if isinstance(v, str) and "\n" not in v else json.dumps(v, sort_keys=True)
         lines.append(f"  {k:<18} {text}")
     others = {fp: n for fp, n in info["row_fingerprints"].items() if fp != info["fingerprint"]}
     if others:
