@@ -81,35 +81,6 @@ def data_info_cmd(
             typer.echo(f"item {item_id}: {ds.item_meta[item_id]}")
 
 
-def _print_results_table(rows: list[dict], protocol_line: str, title: str) -> None:
-    """One row per result; the protocol line is printed under every table on purpose."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    metric_names = list(rows[0]["metrics"]) if rows else []
-    shown = [m for m in metric_names if m.split("@")[0] in ("HR", "NDCG", "MRR")]
-    for col in ["dataset", "model", "seed", *shown, "best epoch", "train s"]:
-        table.add_column(col, justify="right" if col not in ("dataset", "model") else "left")
-    for r in rows:
-        label = r["model"] if r.get("item_encoder", "id") == "id" else f"{r['model']} + {r['item_encoder']}"
-        parts = [("", r["metrics"])]
-        if r.get("metrics_cold"):
-            parts += [(" (warm)", r["metrics_warm"]), (" (cold)", r["metrics_cold"])]
-        for suffix, metrics in parts:
-            table.add_row(
-                r["dataset"],
-                label + suffix,
-                str(r["seed"]),
-                *[f"{metrics[m]:.4f}" for m in shown],
-                str(r["best_epoch"]),
-                f"{r['train_seconds']:.1f}",
-            )
-    console = Console()
-    console.print(table)
-    console.print(f"[dim]{protocol_line}[/dim]")
-
-
 @app.command("train")
 def train_cmd(
     dataset: str = typer.Option("ml-100k", "--dataset", help="Sample name (ml-100k) or a path to a log."),
@@ -154,6 +125,7 @@ def train_cmd(
     from linkedout.data.formats import DataFormatError
     from linkedout.data.protocol import get_protocol
     from linkedout.train.recipes import recipe
+    from linkedout.train.report import print_results_table
     from linkedout.train.run import DatasetSpec, run_experiment
 
     try:
@@ -186,7 +158,7 @@ def train_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     row = result.to_json()
-    _print_results_table([row], proto.describe(), f"{model} on {result.dataset} (test)")
+    print_results_table([row], proto.describe(), f"{model} on {result.dataset} (test)")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(row, indent=1))
@@ -203,6 +175,7 @@ def evaluate_cmd(
     import json
 
     from linkedout.train.evaluate import evaluate
+    from linkedout.train.report import print_results_table
     from linkedout.train.run import load_run
 
     try:
@@ -212,7 +185,7 @@ def evaluate_cmd(
         raise typer.Exit(2) from None
     metrics = evaluate(model, data_split, which)
     row = {**saved.to_json(), "metrics": metrics}
-    _print_results_table([row], data_split.protocol.describe(), f"{saved.model} on {saved.dataset} ({which})")
+    print_results_table([row], data_split.protocol.describe(), f"{saved.model} on {saved.dataset} ({which})")
     if json_out is not None:
         json_out.write_text(json.dumps({"run": str(run_dir), "split": which, "metrics": metrics}, indent=1))
 

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from linkedout.data.protocol import get_protocol, split
 from linkedout.train.recipes import recipe
+from linkedout.train.report import print_results_table
 from linkedout.train.run import DatasetSpec, run_experiment
 
 # (label, model, item encoder, feature store)
@@ -37,7 +38,6 @@ DEMO_RUNS = (
 
 def run_demo(out: Path, *, seed: int = 0, quick: bool = False) -> dict:
     from linkedout.backbones import get_backbone
-    from linkedout.cli import _print_results_table
     from linkedout.data.catalog import Catalog, catalog_from_item_table
     from linkedout.data.samples import cache_dir, fetch_samples
     from linkedout.extract import extract
@@ -92,7 +92,7 @@ def run_demo(out: Path, *, seed: int = 0, quick: bool = False) -> dict:
             f"(best epoch {result.best_epoch}, {result.train_seconds:.0f} s)"
         )
         rows.append(result.to_json())
-    _print_results_table(rows, protocol.describe(), f"ml-100k, test split, seed {seed}")
+    print_results_table(rows, protocol.describe(), f"ml-100k, test split, seed {seed}")
 
     console.print("[bold]4. explain[/bold] one user's recommendations (LinkedOut)")
     explanation_md = _explain(best_run_dir, out, loaded, console)
