@@ -248,9 +248,7 @@ def child(spec: dict) -> dict:
     Trainer._valid_epoch = valid_epoch
     Trainer._save_checkpoint = save_checkpoint
 
-    res = qs.run_recbole(
-        model=spec["model"], dataset="ml-100k", config_dict=spec["config"], saved=True
-    )
+    res = qs.run_recbole(model=spec["model"], dataset="ml-100k", config_dict=spec["config"], saved=True)
     t_end = time.time()
 
     test = {k: round(float(v), 4) for k, v in res["test_result"].items()}
@@ -281,9 +279,7 @@ def child(spec: dict) -> dict:
             "numpy": np.__version__,
             "python": sys.version.split()[0],
         },
-        "epoch_trace": [
-            [e["epoch"], e.get("elapsed_s"), e.get("valid_ndcg10")] for e in info["epochs"]
-        ],
+        "epoch_trace": [[e["epoch"], e.get("elapsed_s"), e.get("valid_ndcg10")] for e in info["epochs"]],
     }
 
 
@@ -309,15 +305,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MODEL:BATCH:SEED",
         help="repeatable; default SASRec:2048:0 and GRU4Rec:2048:0",
     )
-    ap.add_argument("--data-path", default=DEFAULT_DATA_PATH,
-                    help="folder holding ml-100k/ml-100k.inter (RecBole 1.2.1 ignores it for "
-                         "dataset 'ml-100k' and uses its bundled, identical copy; the md5 of "
-                         "the file actually read is reported)")
+    ap.add_argument(
+        "--data-path",
+        default=DEFAULT_DATA_PATH,
+        help="folder holding ml-100k/ml-100k.inter (RecBole 1.2.1 ignores it for "
+        "dataset 'ml-100k' and uses its bundled, identical copy; the md5 of "
+        "the file actually read is reported)",
+    )
     ap.add_argument("--workdir", default=None, help="scratch dir for RecBole logs/checkpoints")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-train-seconds", type=float, default=None,
-                    help="stop training after the first epoch that ends past this many seconds "
-                         "(test still uses the best-validation checkpoint); reported as truncated")
+    ap.add_argument(
+        "--max-train-seconds",
+        type=float,
+        default=None,
+        help="stop training after the first epoch that ends past this many seconds "
+        "(test still uses the best-validation checkpoint); reported as truncated",
+    )
     ap.add_argument("--print-config", action="store_true", help="print the configs and exit")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -362,12 +365,24 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(wd, "stdout.log"), "w") as log:
             rc = subprocess.call(
                 [args.python, os.path.abspath(__file__), "--child", spec_path],
-                cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=wd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         if rc != 0 or not os.path.isfile(spec["out"]):
-            print(json.dumps({"model": model, "train_batch_size": bs, "seed": seed,
-                              "error": f"exit {rc}", "log": os.path.join(wd, "stdout.log")}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "model": model,
+                        "train_batch_size": bs,
+                        "seed": seed,
+                        "error": f"exit {rc}",
+                        "log": os.path.join(wd, "stdout.log"),
+                    }
+                ),
+                flush=True,
+            )
             status = 1
             continue
         with open(spec["out"]) as f:

@@ -51,6 +51,19 @@ def test_moe_gate_weights_sum_to_one_and_top_k_keeps_k_layers():
     assert sharp.weights(z).max(-1).values.min() > 0.9  # low temperature -> near one-hot
 
 
+def test_attention_compressor_fast_path_equals_reference():
+    from linkedout.models.linkedout import AttentionCompressor
+
+    torch.manual_seed(0)
+    expert = AttentionCompressor(12, 16, dropout=0.0).eval()
+    with torch.no_grad():  # non-trivial biases and affine norm, so every folded term is exercised
+        for p in expert.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    tokens = torch.randn(9, 5, 12)
+    torch.testing.assert_close(expert(tokens), expert.reference_forward(tokens))
+    torch.testing.assert_close(expert.attention(tokens).sum(-1), torch.ones(9))
+
+
 def test_gate_weights_explain_per_item():
     enc = LinkedOutEncoder(random_features(), 16)
     w = enc.gate_weights(torch.tensor([0, 1, 2]))

@@ -42,11 +42,27 @@ class AttentionCompressor(nn.Module):
         self.query = nn.Parameter(torch.randn(dim) * dim**-0.5)
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim))
 
+    def _weights(self, x: torch.Tensor) -> torch.Tensor:  # normalised tokens [N, S, D] -> [N, S]
+        # The keys only ever meet the single query: key(x) @ q = x @ (W_k^T q) + b_k . q, one D-vector.
+        q = self.query
+        return torch.softmax((x @ (self.key.weight.T @ q) + self.key.bias @ q) / q.shape[0] ** 0.5, dim=-1)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [N, S, D] -> [N, dim]
+        # reference_forward reordered: the weights sum to 1, so the value map can act after pooling,
+        # sum_s a_s value(x_s) = value(sum_s a_s x_s). Per token that is D multiply-adds instead of
+        # 2*D*dim - and this runs over the whole catalogue at every full-softmax training step.
         x = self.norm(tokens)
-        scores = self.key(x) @ self.query / self.query.shape[0] ** 0.5  # [N, S]
-        attn = torch.softmax(scores, dim=-1)
+        return self.out(self.value(torch.einsum("ns,nsd->nd", self._weights(x), x)))
+
+    def reference_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Textbook attention pooling (a key and a value per token); tests check forward equals it."""
+        x = self.norm(tokens)
+        attn = torch.softmax(self.key(x) @ self.query / self.query.shape[0] ** 0.5, dim=-1)
         return self.out((attn[..., None] * self.value(x)).sum(1))
+
+    def attention(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The expert's weights over the S tokens ``[N, S]``: which token kinds it read."""
+        return self._weights(self.norm(tokens))
 
 
 class MLPCompressor(nn.Module):

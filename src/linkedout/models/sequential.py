@@ -62,10 +62,13 @@ class SequentialRecommender(Recommender):
         known = trained_items if trained_items is not None else torch.ones(self.n_items, dtype=torch.bool)
         self.register_buffer("unseen_in_training", ~known.bool(), persistent=False)
 
-    def encode_history(self, history: torch.Tensor) -> torch.Tensor:
+    def encode_history(self, history: torch.Tensor, item_matrix: torch.Tensor | None = None) -> torch.Tensor:
+        """User states at every position; with ``item_matrix`` (all item vectors, already computed for
+        the scores) the history's vectors are gathered from it instead of encoded a second time."""
         valid = history != PAD
-        x = self.item_encoder(history.clamp(min=0)) * valid[..., None]
-        return self.user_encoder(x, valid)
+        items = history.clamp(min=0)
+        x = item_matrix[items] if item_matrix is not None else self.item_encoder(items)
+        return self.user_encoder(x * valid[..., None], valid)
 
     def item_matrix(self) -> torch.Tensor:
         """All item vectors ``[n_items, D]``; computed once per evaluation (cached while not training)."""
@@ -80,17 +83,22 @@ class SequentialRecommender(Recommender):
         return super().train(mode)
 
     def score_all_items(self, history: torch.Tensor) -> torch.Tensor:
-        user = self.encode_history(history)[:, -1]
-        return user @ self.item_matrix().T
+        matrix = self.item_matrix()
+        user = self.encode_history(history, matrix)[:, -1]
+        return user @ matrix.T
 
     def loss(self, batch: TrainBatch) -> torch.Tensor:
-        states = self.encode_history(batch.inputs)
         valid = (batch.inputs != PAD) & (batch.targets != PAD)
-        states, targets = states[valid], batch.targets[valid]
+        targets = batch.targets[valid]
         if self.loss_name == "ce":
-            logits = (states @ self.item_encoder.all_items().T).masked_fill(self.unseen_in_training, NEG_INF)
+            # full softmax needs every item vector anyway: encode the catalogue once per step and
+            # gather the history from it (a content encoder's cost is the catalogue, not the batch)
+            matrix = self.item_encoder.all_items()
+            states = self.encode_history(batch.inputs, matrix)[valid]
+            logits = (states @ matrix.T).masked_fill(self.unseen_in_training, NEG_INF)
             loss = F.cross_entropy(logits, targets)
         else:
+            states = self.encode_history(batch.inputs)[valid]
             loss = self._in_batch_loss(states, targets, batch, valid)
         aux = getattr(self.item_encoder, "pop_aux_loss", lambda: None)()
         return loss if aux is None else loss + aux

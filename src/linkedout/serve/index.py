@@ -29,6 +29,7 @@ class _View:
     matrix: torch.Tensor  # [capacity, D]; rows >= n are not published yet
     blocked: torch.Tensor  # bool [capacity]
     n: int
+    any_blocked: bool  # lets a search skip the mask pass over the catalogue when nothing is blocked
 
 
 class ExactIndex:
@@ -42,7 +43,7 @@ class ExactIndex:
         blk = torch.zeros(cap, dtype=torch.bool)
         if blocked is not None:
             blk[:n] = blocked
-        self._view = _View(buf, blk, n)
+        self._view = _View(buf, blk, n, bool(blk.any()))
         self._write = threading.Lock()  # one writer at a time; readers never take it
 
     @property
@@ -70,7 +71,7 @@ class ExactIndex:
                 blk[: v.n] = v.blocked[: v.n]
             matrix[v.n : v.n + m] = vectors.float()
             blk[v.n : v.n + m] = blocked
-            self._view = _View(matrix, blk, v.n + m)  # publish: one assignment
+            self._view = _View(matrix, blk, v.n + m, v.any_blocked or blocked)  # publish: one assignment
             return v.n
 
     def search(
@@ -80,11 +81,13 @@ class ExactIndex:
         excluded and blocked rows come back only as ``-inf`` scores when fewer than k remain."""
         v = self._view
         scores = users @ v.matrix[: v.n].T
-        scores.masked_fill_(v.blocked[: v.n][None, :], NEG_INF)
-        if exclude is not None:
-            for b, rows in enumerate(exclude):
-                if len(rows):
-                    scores[b, torch.as_tensor(rows, dtype=torch.long)] = NEG_INF
+        if v.any_blocked:
+            scores.masked_fill_(v.blocked[: v.n][None, :], NEG_INF)
+        if exclude is not None and any(len(rows) for rows in exclude):
+            # one scatter for the whole batch instead of one indexing call per request
+            batch_rows = np.repeat(np.arange(len(exclude)), [len(rows) for rows in exclude])
+            item_rows = np.concatenate(exclude).astype(np.int64, copy=False)
+            scores[torch.from_numpy(batch_rows), torch.from_numpy(item_rows)] = NEG_INF
         top = torch.topk(scores, min(k, v.n), dim=1)
         return top.values, top.indices
 

@@ -38,3 +38,12 @@ def recipe(model: str, protocol: str, **overrides) -> tuple[ModelConfig, TrainCo
     mc = replace(mc, **{k: v for k, v in overrides.items() if k in model_fields and v is not None})
     tc = replace(tc, **{k: v for k, v in overrides.items() if k in train_fields and v is not None})
     return mc, tc
+
+
+def encoder_settings(spec: str) -> dict:
+    """Benchmark shorthand for an item encoder: ``linkedout`` (content only), ``linkedout+id`` (fused
+    with the ID embedding through DFF's gate). DFF always fuses; ``id`` has no content."""
+    name, _, suffix = spec.partition("+")
+    if suffix not in ("", "id"):
+        raise ValueError(f"bad encoder spec {spec!r} (NAME or NAME+id)")
+    return {"item_encoder": name, "id_fusion": bool(suffix) or name == "dff"}
