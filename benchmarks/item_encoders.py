@@ -91,7 +91,8 @@ def main() -> None:
         for seed in args.seeds
     ]
     # --jobs N: N runs side by side, each on its share of the cores (threads never oversubscribed)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
     done_runs: dict[int, dict] = {}
 
     def launch(i: int) -> None:

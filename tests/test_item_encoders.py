@@ -6,7 +6,7 @@ import torch
 
 from linkedout.data.interactions import Interactions
 from linkedout.data.protocol import Protocol, split
-from linkedout.models import ModelConfig, build_model
+from linkedout.models import ModelConfig, TrainBatch, build_model
 from linkedout.models.features import ItemFeatures
 from linkedout.models.linkedout import CrossLayerMoEFuser, LinkedOutEncoder
 from linkedout.train.evaluate import evaluate
@@ -51,17 +51,38 @@ def test_moe_gate_weights_sum_to_one_and_top_k_keeps_k_layers():
     assert sharp.weights(z).max(-1).values.min() > 0.9  # low temperature -> near one-hot
 
 
-def test_attention_compressor_fast_path_equals_reference():
-    from linkedout.models.linkedout import AttentionCompressor
+@pytest.mark.parametrize("kind", ["attn", "mlp"])
+def test_compressor_fast_path_equals_reference(kind):
+    from linkedout.models.linkedout import AttentionCompressor, MLPCompressor
 
     torch.manual_seed(0)
-    expert = AttentionCompressor(12, 16, dropout=0.0).eval()
+    if kind == "attn":
+        expert = AttentionCompressor(12, 16, dropout=0.0).eval()
+    else:
+        old, new = (
+            torch.tensor([True, True, True, False, False]),
+            torch.tensor([False, False, False, True, True]),
+        )
+        expert = MLPCompressor(12, 16, 0.0, old, new).eval()
     with torch.no_grad():  # non-trivial biases and affine norm, so every folded term is exercised
         for p in expert.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    tokens = torch.randn(9, 5, 12)
+    tokens = torch.randn(9, 5, 12) * 3 + 1
     torch.testing.assert_close(expert(tokens), expert.reference_forward(tokens))
-    torch.testing.assert_close(expert.attention(tokens).sum(-1), torch.ones(9))
+    if kind == "attn":
+        torch.testing.assert_close(expert.attention(tokens).sum(-1), torch.ones(9))
+
+
+@pytest.mark.parametrize("compressor", ["attn", "mlp"])
+def test_linkedout_cached_catalogue_equals_encoding_raw_tokens(compressor):
+    """Training reads tokens standardised once at start-up; serving a new item encodes raw tokens."""
+    torch.manual_seed(0)
+    features = random_features()
+    enc = LinkedOutEncoder(features, 16, compressor=compressor, dropout=0.0).eval()
+    items = torch.tensor([0, 7, 29])
+    raw = features.tokens[items].float()
+    torch.testing.assert_close(enc.encode_items(items), enc.content(raw), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(enc.gate_weights(items), enc.fuser.weights(enc.layer_vectors(raw)))
 
 
 def test_gate_weights_explain_per_item():
@@ -75,11 +96,10 @@ def test_mlp_compressor_uses_old_and_new_tokens():
     torch.manual_seed(0)
     features = random_features()
     enc = LinkedOutEncoder(features, 16, compressor="mlp").eval()
-    base = enc.all_items()
-    changed = features.tokens.clone()
-    changed[:, :, 3] += 1.0  # only the "new" token moves
-    enc.tokens = changed
-    assert not torch.allclose(enc.all_items(), base)
+    base = enc.content(features.tokens.float())
+    changed = features.tokens.float()
+    changed[:, :, 3] += torch.randn_like(changed[:, :, 3])  # only the "new" token moves
+    assert not torch.allclose(enc.content(changed), base)
 
 
 def test_load_balancing_term_is_added_to_the_loss():
@@ -156,6 +176,10 @@ def test_linkedout_ranks_cold_items_from_content_and_id_only_cannot():
         )
         train(model, s, TrainConfig(epochs=40, patience=40, lr=5e-3, batch_size=32), progress=False)
         results[encoder] = evaluate(model, s, "test", subset="cold")["HR@10"]
+        among = evaluate(model, s, "test", subset="cold-among-cold")
+        # fewer candidates can only lift a target's rank; with <= 10 candidates every target is hit
+        assert among["NDCG@10"] >= evaluate(model, s, "test", subset="cold")["NDCG@10"]
+        assert len(s.cold_test_items) <= 10 and among["HR@10"] == 1.0
         if encoder == "linkedout":
             w = model.item_encoder.gate_weights(torch.arange(s.n_items)).mean(0)
             assert w.argmax().item() == 2  # the fuser found the informative layer
@@ -182,3 +206,29 @@ def test_explanations_contributions_equal_one_by_one_occlusion():
         assert sum(rec.layer_weights) == pytest.approx(1.0, abs=1e-5)
     assert sum(exp.user_layer_weights) == pytest.approx(1.0, abs=1e-5)
     assert len(exp.history_layer_weights) == 4
+
+
+def test_full_softmax_loss_gathering_history_from_the_catalogue_equals_encoding_it_again():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(item_encoder="linkedout", dim=16, id_fusion=True), 30, 6, np.ones(30), random_features()
+    ).eval()  # no dropout: both paths must give the same number
+    batch = TrainBatch(
+        torch.tensor([[-1, 3, 4, 9], [2, 5, 7, 1]]), torch.tensor([[-1, 4, 9, 11], [5, 7, 1, 0]])
+    )
+    valid = (batch.inputs != -1) & (batch.targets != -1)
+    states = model.encode_history(batch.inputs)[valid]  # history encoded on its own
+    reference = F.cross_entropy(states @ model.item_encoder.all_items().T, batch.targets[valid])
+    torch.testing.assert_close(model.loss(batch), reference)
+
+
+def test_encoder_settings_shorthand():
+    from linkedout.train.recipes import encoder_settings
+
+    assert encoder_settings("linkedout") == {"item_encoder": "linkedout", "id_fusion": False}
+    assert encoder_settings("linkedout+id") == {"item_encoder": "linkedout", "id_fusion": True}
+    assert encoder_settings("dff")["id_fusion"] is True
+    with pytest.raises(ValueError, match="bad encoder spec"):
+        encoder_settings("linkedout+foo")

@@ -116,7 +116,7 @@ def test_new_item_from_tokens_is_recommendable_at_once_and_listed(client):
 
 def test_new_item_with_the_tokens_of_a_catalogue_item_gets_its_vector(client, bundle_and_model):
     _, model = bundle_and_model
-    tokens = model.item_encoder.tokens[7].float().numpy().tolist()
+    tokens = model.features.tokens[7].float().numpy().tolist()
     assert client.post("/v1/items", json={"item_id": "copy7", "tokens": tokens}).status_code == 201
     r = client.post("/v1/recommend", json={"history": ["i1", "i2"], "k": 100, "explain": False}).json()
     score = {it["item_id"]: it["score"] for it in r["items"]}

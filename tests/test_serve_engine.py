@@ -122,7 +122,7 @@ def test_exact_index_growth_keeps_rows_and_publishes_atomically():
 def test_engine_add_item_and_encode_tokens_match_the_catalogue_rows():
     bundle, model = synthetic_bundle(20, seed=2)
     engine = Engine(bundle)
-    tokens = model.item_encoder.tokens[5].float().numpy()
+    tokens = model.features.tokens[5].float().numpy()
     vector, weights = engine.encode_tokens(tokens)
     torch.testing.assert_close(vector, bundle.item_matrix[5], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(weights, bundle.layer_weights[5].numpy(), atol=1e-6)

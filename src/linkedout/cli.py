@@ -91,6 +91,9 @@ def train_cmd(
     ),
     features: str | None = typer.Option(None, "--features", help="Feature store for content item encoders."),
     id_fusion: bool | None = typer.Option(None, "--id-fusion/--no-id-fusion", help="Fuse content with IDs."),
+    id_dropout: float | None = typer.Option(
+        None, "--id-dropout", help="ID fusion: share of items trained on content alone per step."
+    ),
     compressor: str | None = typer.Option(None, "--compressor", help="linkedout: attn | mlp"),
     top_k: int | None = typer.Option(None, "--top-k", help="linkedout: keep the top-k layers per item."),
     cold_items: float | None = typer.Option(None, "--cold-items", help="Hold this fraction of items out."),
@@ -150,6 +153,7 @@ def train_cmd(
             item_encoder=item_encoder,
             features=features,
             id_fusion=id_fusion,
+            id_dropout=id_dropout,
             compressor=compressor,
             top_k=top_k,
         )

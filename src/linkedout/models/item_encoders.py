@@ -22,6 +22,8 @@ from torch import nn
 
 from linkedout.models.features import ItemFeatures
 
+PREPARED_FP32_BYTES = 1 << 30
+
 
 class IdFusionGate(nn.Module):
     """DFF's gate: ``g = sigmoid(W_g [e; v])``, ``out = g * e + (1 - g) * v`` (element-wise)."""
@@ -63,20 +65,49 @@ class FeatureItemEncoder(nn.Module):
         self.dim = dim
         self.layer_names = features.layer_names
         self.token_kinds = features.token_kinds
-        self.register_buffer("tokens", features.tokens, persistent=False)
         self.register_buffer("present", features.present, persistent=False)
         self.chunk = chunk
+        # What `content_prepared` reads: `prepare`'s parameter-free work done once for the catalogue
+        # instead of at every step; float32 while that costs <= 1 GiB (no per-step conversion), else
+        # kept at float16 and converted per gathered chunk.
+        self._prepared_fp32 = features.tokens.numel() * 4 <= PREPARED_FP32_BYTES
+        self.register_buffer("prepared", self._prepare_all(features.tokens), persistent=False)
         self.fusion = None
         if id_fusion:
             known = known if known is not None else torch.ones(self.n_items, dtype=torch.bool)
             self.fusion = IdFusionGate(self.n_items, dim, known, id_dropout)
 
-    def content(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[N, L, S, D]`` float32 -> ``[N, dim]``."""
+    def prepare(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Parameter-free preprocessing of raw tokens ``[N, L, S, D]`` float32 (identity here)."""
+        return tokens
+
+    def content_prepared(self, prepared: torch.Tensor) -> torch.Tensor:
+        """``prepare``'d tokens ``[N, L, S, D]`` float32 -> ``[N, dim]``."""
         raise NotImplementedError
 
+    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw LayerTokens ``[N, L, S, D]`` float32 -> ``[N, dim]`` (e.g. a new item at serving time)."""
+        return self.content_prepared(self.prepare(tokens))
+
+    def _prepare_all(self, tokens: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float32 if self._prepared_fp32 else torch.float16
+        return (
+            torch.cat(
+                [
+                    self.prepare(tokens[i : i + self.chunk].float()).to(dtype)
+                    for i in range(0, len(tokens), self.chunk)
+                ]
+            )
+            if len(tokens)
+            else tokens.float()
+        )
+
+    def gather(self, items: torch.Tensor) -> torch.Tensor:
+        """The prepared tokens of ``items``, float32."""
+        return self.prepared[items].float()
+
     def encode_items(self, items: torch.Tensor) -> torch.Tensor:
-        v = self.content(self.tokens[items].float())
+        v = self.content_prepared(self.gather(items))
         if self.fusion is not None:
             v, _ = self.fusion(items, v)
         return v
@@ -86,7 +117,7 @@ class FeatureItemEncoder(nn.Module):
         return self.encode_items(unique)[inverse]
 
     def all_items(self) -> torch.Tensor:
-        idx = torch.arange(self.n_items, device=self.tokens.device)
+        idx = torch.arange(self.n_items, device=self.prepared.device)
         return torch.cat(
             [self.encode_items(idx[i : i + self.chunk]) for i in range(0, self.n_items, self.chunk)]
         )
@@ -95,7 +126,7 @@ class FeatureItemEncoder(nn.Module):
         """Mean ID-gate value per item (1 = leans on the ID, 0 = on content); None without fusion."""
         if self.fusion is None:
             return None
-        v = self.content(self.tokens[items].float())
+        v = self.content_prepared(self.gather(items))
         return self.fusion(items, v)[1]
 
 
@@ -111,7 +142,7 @@ class LastLayerEncoder(FeatureItemEncoder):
         super().__init__(features, dim, **kw)
         self.proj = Projection(features.shape[2], dim)
 
-    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+    def content_prepared(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.proj(tokens[:, -1].mean(1))
 
 
@@ -124,7 +155,7 @@ class MeanLayersEncoder(FeatureItemEncoder):
         self.layer_norm = nn.LayerNorm(d)
         self.proj = Projection(d, dim)
 
-    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+    def content_prepared(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.proj(self.layer_norm(tokens.mean(2)).mean(1))
 
 
@@ -142,7 +173,7 @@ class DFFEncoder(FeatureItemEncoder):
     def layer_weights(self) -> torch.Tensor:
         return torch.softmax(self.layer_logits, 0)
 
-    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+    def content_prepared(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.layer_norm(tokens.mean(2))  # [N, L, D]
         return self.proj((h * self.layer_weights()[None, :, None]).sum(1))
 
@@ -154,5 +185,5 @@ class CaptionEncoder(FeatureItemEncoder):
         super().__init__(features, dim, **kw)
         self.proj = Projection(features.shape[2], dim)
 
-    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+    def content_prepared(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.proj(tokens.mean((1, 2)))

@@ -25,6 +25,7 @@ The gate weights ``w`` are the explanation: which depth of knowledge each item l
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from linkedout.models.features import ItemFeatures
@@ -42,27 +43,43 @@ class AttentionCompressor(nn.Module):
         self.query = nn.Parameter(torch.randn(dim) * dim**-0.5)
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim))
 
-    def _weights(self, x: torch.Tensor) -> torch.Tensor:  # normalised tokens [N, S, D] -> [N, S]
-        # The keys only ever meet the single query: key(x) @ q = x @ (W_k^T q) + b_k . q, one D-vector.
-        q = self.query
-        return torch.softmax((x @ (self.key.weight.T @ q) + self.key.bias @ q) / q.shape[0] ** 0.5, dim=-1)
+    def _query_direction(self) -> torch.Tensor:
+        # The keys only ever meet the single query: key(x) @ q = x @ (W_k^T q) + b_k . q
+        return self.key.weight.T @ self.query
+
+    def forward_normalised(self, xhat: torch.Tensor) -> torch.Tensor:
+        """The same function as `reference_forward`, on tokens already standardised per token (LayerNorm
+        without its affine, which the caller computed once): the affine and the key map fold into one
+        D-vector, and - the attention weights summing to 1 - pooling moves before the affine and the
+        value map: sum_s a_s value(g*xhat_s + b) = value(g * sum_s a_s xhat_s + b). Per token that is
+        ~2*D multiply-adds instead of LayerNorm + 2*D*dim, and no backward through the tokens."""
+        k = self._query_direction()
+        gamma, beta = self.norm.weight, self.norm.bias
+        scores = (xhat @ (gamma * k) + beta @ k + self.key.bias @ self.query) / self.query.shape[0] ** 0.5
+        attn = torch.softmax(scores, dim=-1)  # [N, S]
+        pooled = torch.einsum("ns,nsd->nd", attn, xhat) * gamma + beta
+        return self.out(self.value(pooled))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [N, S, D] -> [N, dim]
-        # reference_forward reordered: the weights sum to 1, so the value map can act after pooling,
-        # sum_s a_s value(x_s) = value(sum_s a_s x_s). Per token that is D multiply-adds instead of
-        # 2*D*dim - and this runs over the whole catalogue at every full-softmax training step.
-        x = self.norm(tokens)
-        return self.out(self.value(torch.einsum("ns,nsd->nd", self._weights(x), x)))
+        return self.forward_normalised(standardise(tokens, self.norm.eps))
 
     def reference_forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Textbook attention pooling (a key and a value per token); tests check forward equals it."""
+        """Textbook attention pooling (LayerNorm, a key and a value per token); tests check that
+        `forward` equals it."""
         x = self.norm(tokens)
         attn = torch.softmax(self.key(x) @ self.query / self.query.shape[0] ** 0.5, dim=-1)
         return self.out((attn[..., None] * self.value(x)).sum(1))
 
     def attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """The expert's weights over the S tokens ``[N, S]``: which token kinds it read."""
-        return self._weights(self.norm(tokens))
+        k = self._query_direction()
+        x = self.norm(tokens)
+        return torch.softmax((x @ k + self.key.bias @ self.query) / self.query.shape[0] ** 0.5, dim=-1)
+
+
+def standardise(tokens: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm over the last axis without the affine: parameter-free, so computed once per item."""
+    return F.layer_norm(tokens, tokens.shape[-1:], eps=eps)
 
 
 class MLPCompressor(nn.Module):
@@ -79,7 +96,19 @@ class MLPCompressor(nn.Module):
             "new", (new if new.any() else old).float() / (new if new.any() else old).sum(), persistent=False
         )
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward_normalised(self, xhat: torch.Tensor) -> torch.Tensor:
+        """`reference_forward` on standardised tokens: the old/new means are weighted sums with weights
+        summing to 1, so they commute with the affine and the projection (mean first, then project)."""
+        gamma, beta = self.norm.weight, self.norm.bias
+        o = self.proj(torch.einsum("nsd,s->nd", xhat, self.old) * gamma + beta)
+        n = self.proj(torch.einsum("nsd,s->nd", xhat, self.new) * gamma + beta)
+        return self.mlp(torch.cat([o, n, (o - n).abs(), o * n], dim=-1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [N, S, D] -> [N, dim]
+        return self.forward_normalised(standardise(tokens, self.norm.eps))
+
+    def reference_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Project every token, then average the old and the new ones (the textbook order)."""
         x = self.proj(self.norm(tokens))  # [N, S, dim]
         o = torch.einsum("nsd,s->nd", x, self.old)
         n = torch.einsum("nsd,s->nd", x, self.new)
@@ -137,11 +166,18 @@ class LinkedOutEncoder(FeatureItemEncoder):
         self.balance = balance
         self._aux: list[torch.Tensor] = []
 
-    def layer_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.stack([expert(tokens[:, i]) for i, expert in enumerate(self.experts)], dim=1)
+    def prepare(self, tokens: torch.Tensor) -> torch.Tensor:
+        return standardise(tokens)  # every expert starts with a LayerNorm: its parameter-free half, once
 
-    def content(self, tokens: torch.Tensor) -> torch.Tensor:
-        fused, w = self.fuser(self.layer_vectors(tokens))
+    def layer_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw tokens ``[N, L, S, D]`` -> one vector per layer ``[N, L, dim]``."""
+        return self._layer_vectors(self.prepare(tokens))
+
+    def _layer_vectors(self, xhat: torch.Tensor) -> torch.Tensor:
+        return torch.stack([e.forward_normalised(xhat[:, i]) for i, e in enumerate(self.experts)], dim=1)
+
+    def content_prepared(self, xhat: torch.Tensor) -> torch.Tensor:
+        fused, w = self.fuser(self._layer_vectors(xhat))
         if self.training and self.balance > 0:
             importance = w.mean(0)
             self._aux.append(self.balance * len(importance) * (importance**2).sum())
@@ -158,5 +194,4 @@ class LinkedOutEncoder(FeatureItemEncoder):
     @torch.no_grad()
     def gate_weights(self, items: torch.Tensor) -> torch.Tensor:
         """Per item, the fuser's weights over layers ``[N, L]``: which depth it leaned on."""
-        z = self.layer_vectors(self.tokens[items].float())
-        return self.fuser.weights(z)
+        return self.fuser.weights(self._layer_vectors(self.gather(items)))

@@ -273,8 +273,8 @@ def bundle_from_model(
     fields = store_meta.get("fingerprint_fields")
     feature_shape = list(store_meta.get("shape") or [])
     if item_state is not None and not feature_shape:
-        tokens = getattr(encoder, "tokens", None)
-        feature_shape = list(tokens.shape[1:]) if tokens is not None else []
+        prepared = getattr(encoder, "prepared", None)  # [N, L, S, D], the shape of raw tokens
+        feature_shape = list(prepared.shape[1:]) if prepared is not None else []
     meta = {
         "format_version": BUNDLE_FORMAT,
         "bundle_id": f"{int(time.time() * 1000):x}-{os.urandom(4).hex()}",

@@ -45,6 +45,7 @@ def synthetic_model(
     config = ModelConfig(name=user_encoder, item_encoder=item_encoder, dim=dim, dropout=0.0)
     model = build_model(config, n_items, max_len, np.ones(n_items), features)
     model.config = config  # type: ignore[attr-defined]  # bundle_from_model needs it; kept beside
+    model.features = features  # type: ignore[attr-defined]  # the raw LayerTokens, for tests
     return model.eval()
 
 

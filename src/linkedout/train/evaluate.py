@@ -21,8 +21,10 @@ def rank_targets(
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    candidates: np.ndarray | None = None,
 ) -> np.ndarray:
-    """0-based rank of every held-out target under ``split.protocol``."""
+    """0-based rank of every held-out target under ``split.protocol``; with ``candidates`` (item
+    indices) only those items are ranked, every other item is masked."""
     protocol = split.protocol
     data = split.data
     was_training = model.training
@@ -44,6 +46,10 @@ def rank_targets(
             scores[torch.from_numpy(rows).to(device), seen] = NEG_INF
         if len(split.excluded_items):
             scores[:, torch.from_numpy(split.excluded_items).to(device)] = NEG_INF
+        if candidates is not None:
+            keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=device)
+            keep[torch.from_numpy(candidates).to(device)] = True
+            scores.masked_fill_(~keep, NEG_INF)
         if protocol.sampled_negatives:
             batch_ranks = sampled_ranks(scores, targets, protocol.sampled_negatives, generator)
         else:
@@ -63,7 +69,13 @@ def evaluate(
     device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """Metrics named ``"NDCG@10"`` etc. over ``split``'s valid or test events (``subset``: all, warm,
-    cold; warm/cold differ from all only under a cold-start protocol)."""
+    cold; warm/cold differ from all only under a cold-start protocol). ``cold-among-cold``: the cold
+    subset's targets ranked among that split's cold items only - how well content tells new items
+    apart, without the warm catalogue's popularity in the way."""
+    candidates = None
+    if subset == "cold-among-cold":
+        subset = "cold"
+        candidates = split.cold_valid_items if which == "valid" else split.cold_test_items
     eval_set = split.eval_set(which, subset)
-    ranks = rank_targets(model, split, eval_set, batch_size=batch_size, device=device)
+    ranks = rank_targets(model, split, eval_set, batch_size=batch_size, device=device, candidates=candidates)
     return metrics_from_ranks(ranks, split.protocol.ks, split.protocol.metrics)

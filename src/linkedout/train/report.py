@@ -52,6 +52,8 @@ def markdown_encoder_table(runs: list[dict], metrics: tuple[str, ...] = ("HR@10"
         lines += [f"Protocol: {group[0]['protocol']['description']}", ""]
         cold = bool(group[0].get("metrics_cold"))
         parts = [("metrics", "all")] + ([("metrics_warm", "warm"), ("metrics_cold", "cold")] if cold else [])
+        if cold and group[0].get("metrics_cold_among_cold"):
+            parts.append(("metrics_cold_among_cold", "cold among cold"))
         header = [f"{m} ({label})" for _, label in parts for m in metrics]
         lines.append("| encoder | " + " | ".join(header) + " | best epoch | s/epoch | peak RSS MB |")
         lines.append("|---" * (len(header) + 4) + "|")

@@ -68,6 +68,7 @@ class RunResult:
     item_encoder: str = "id"
     metrics_warm: dict[str, float] = field(default_factory=dict)  # cold-start protocols only
     metrics_cold: dict[str, float] = field(default_factory=dict)
+    metrics_cold_among_cold: dict[str, float] = field(default_factory=dict)  # ranked among cold items only
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -146,6 +147,7 @@ def run_experiment(
     if data_split.is_cold_start:
         out.metrics_warm = evaluate(model, data_split, "test", subset="warm", **kw)
         out.metrics_cold = evaluate(model, data_split, "test", subset="cold", **kw)
+        out.metrics_cold_among_cold = evaluate(model, data_split, "test", subset="cold-among-cold", **kw)
     out.data["excluded_items"] = len(data_split.excluded_items)
     out.data["test_seconds"] = time.perf_counter() - started
     if run_dir is not None:
