@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from linkedout.data.protocol import get_protocol, split
-from linkedout.train.recipes import recipe
+from linkedout.train.recipes import encoder_settings, recipe
 from linkedout.train.report import print_results_table
 from linkedout.train.run import DatasetSpec, run_experiment
 
@@ -33,6 +33,7 @@ DEMO_RUNS = (
     ("sasrec + caption", "sasrec", "caption", "caption"),
     ("sasrec + dff", "sasrec", "dff", "text"),
     ("sasrec + linkedout", "sasrec", "linkedout", "text"),
+    ("sasrec + linkedout + id", "sasrec", "linkedout+id", "text"),
 )
 
 
@@ -74,24 +75,25 @@ def run_demo(out: Path, *, seed: int = 0, quick: bool = False) -> dict:
     console.print(f"[bold]3. train + evaluate[/bold]: {protocol.describe()}")
     prepared = (split(data, protocol), loaded.name)
     rows = []
-    runs = DEMO_RUNS[:3] + DEMO_RUNS[5:] if quick else DEMO_RUNS
+    runs = DEMO_RUNS[:3] + DEMO_RUNS[5:6] if quick else DEMO_RUNS
     best_run_dir = out / "linkedout-run"
     for label, model, encoder, store in runs:
         mc, tc = recipe(
             model,
             protocol.name,
             seed=seed,
-            item_encoder=encoder,
             features=str(stores[store]) if store else None,
+            **encoder_settings(encoder),
         )
         run_dir = best_run_dir if encoder == "linkedout" else None
         result = run_experiment(spec, protocol, mc, tc, prepared=prepared, progress=True, run_dir=run_dir)
         console.print(
-            f"   {label:20s} NDCG@10 all {result.metrics['NDCG@10']:.4f}  warm "
+            f"   {label:24s} NDCG@10 all {result.metrics['NDCG@10']:.4f}  warm "
             f"{result.metrics_warm['NDCG@10']:.4f}  cold {result.metrics_cold['NDCG@10']:.4f}  "
+            f"cold among cold HR@10 {result.metrics_cold_among_cold['HR@10']:.4f}  "
             f"(best epoch {result.best_epoch}, {result.train_seconds:.0f} s)"
         )
-        rows.append(result.to_json())
+        rows.append({**result.to_json(), "label": label})
     print_results_table(rows, protocol.describe(), f"ml-100k, test split, seed {seed}")
 
     console.print("[bold]4. explain[/bold] one user's recommendations (LinkedOut)")
@@ -165,7 +167,7 @@ def _markdown(
         "|---" * (len(metrics) + 5) + "|",
     ]
     for r in rows:
-        label = r["model"] if r["item_encoder"] == "id" else f"{r['model']} + {r['item_encoder']}"
+        label = r["label"]
         cells = " | ".join(f"{r['metrics'][m]:.4f}" for m in metrics)
         lines.append(
             f"| {label} | {cells} | {r['metrics_warm']['NDCG@10']:.4f} | "

@@ -14,7 +14,9 @@ def print_results_table(rows: list[dict], protocol_line: str, title: str) -> Non
     for col in ["dataset", "model", "seed", *shown, "best epoch", "train s"]:
         table.add_column(col, justify="right" if col not in ("dataset", "model") else "left")
     for r in rows:
-        label = r["model"] if r.get("item_encoder", "id") == "id" else f"{r['model']} + {r['item_encoder']}"
+        label = r.get("label") or (
+            r["model"] if r.get("item_encoder", "id") == "id" else f"{r['model']} + {r['item_encoder']}"
+        )
         parts = [("", r["metrics"])]
         if r.get("metrics_cold"):
             parts += [(" (warm)", r["metrics_warm"]), (" (cold)", r["metrics_cold"])]
