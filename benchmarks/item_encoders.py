@@ -5,6 +5,7 @@ warm and cold-start, under the given protocols, mean and std over seeds.
     .venv/bin/python benchmarks/item_encoders.py [--protocols microlens recbole] [--seeds 0 1 2]
         [--encoders id caption last mean dff linkedout] [--cold 0 0.2]
         [--jobs 2] [--out benchmarks/results/item_encoders.json]
+    .venv/bin/python benchmarks/item_encoders.py --table OUT1.json OUT2.json   # merged table, no runs
 
 Features are extracted once into $LINKEDOUT_CACHE/features/ (resumable). Every run is a fresh
 subprocess so its peak RSS is its own. Prints a markdown table for docs/benchmarks.md.
@@ -71,12 +72,18 @@ def main() -> None:
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cold", type=float, nargs="+", default=[0.0, 0.2])
+    ap.add_argument(
+        "--table", type=Path, nargs="+", help="only print the merged table of earlier --out files"
+    )
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side (1 thread each at 2)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/item_encoders.json"))
     ap.add_argument(
         "--one", nargs=5, metavar=("PROTOCOL", "COLD", "ENCODER", "SEED", "FEATURES"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
+    if args.table:
+        print(markdown_encoder_table([r for f in args.table for r in json.loads(f.read_text())["runs"]]))
+        return
     if args.one:
         p, c, e, s, f = args.one
         print(json.dumps(one_run(p, float(c), e, int(s), f)))

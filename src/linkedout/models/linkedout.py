@@ -43,21 +43,21 @@ class AttentionCompressor(nn.Module):
         self.query = nn.Parameter(torch.randn(dim) * dim**-0.5)
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim))
 
-    def _query_direction(self) -> torch.Tensor:
-        # The keys only ever meet the single query: key(x) @ q = x @ (W_k^T q) + b_k . q
-        return self.key.weight.T @ self.query
+    def _attention(self, xhat: torch.Tensor) -> torch.Tensor:  # standardised [N, S, D] -> [N, S]
+        # The keys only ever meet the single query, and LayerNorm's affine is linear too:
+        # key(g*xhat + b) @ q = xhat @ (g * W_k^T q) + (b @ W_k^T q + b_k @ q) - one D-vector per expert.
+        k = self.key.weight.T @ self.query
+        gamma, beta = self.norm.weight, self.norm.bias
+        scores = (xhat @ (gamma * k) + beta @ k + self.key.bias @ self.query) / self.query.shape[0] ** 0.5
+        return torch.softmax(scores, dim=-1)
 
     def forward_normalised(self, xhat: torch.Tensor) -> torch.Tensor:
         """The same function as `reference_forward`, on tokens already standardised per token (LayerNorm
-        without its affine, which the caller computed once): the affine and the key map fold into one
-        D-vector, and - the attention weights summing to 1 - pooling moves before the affine and the
-        value map: sum_s a_s value(g*xhat_s + b) = value(g * sum_s a_s xhat_s + b). Per token that is
-        ~2*D multiply-adds instead of LayerNorm + 2*D*dim, and no backward through the tokens."""
-        k = self._query_direction()
-        gamma, beta = self.norm.weight, self.norm.bias
-        scores = (xhat @ (gamma * k) + beta @ k + self.key.bias @ self.query) / self.query.shape[0] ** 0.5
-        attn = torch.softmax(scores, dim=-1)  # [N, S]
-        pooled = torch.einsum("ns,nsd->nd", attn, xhat) * gamma + beta
+        without its affine, which the caller computed once). The attention weights sum to 1, so pooling
+        moves before the affine and the value map: sum_s a_s value(g*xhat_s + b) = value(g * sum_s a_s
+        xhat_s + b). Per token that is ~2*D multiply-adds instead of LayerNorm + 2*D*dim, and no
+        backward through the tokens."""
+        pooled = torch.einsum("ns,nsd->nd", self._attention(xhat), xhat) * self.norm.weight + self.norm.bias
         return self.out(self.value(pooled))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [N, S, D] -> [N, dim]
@@ -72,9 +72,7 @@ class AttentionCompressor(nn.Module):
 
     def attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """The expert's weights over the S tokens ``[N, S]``: which token kinds it read."""
-        k = self._query_direction()
-        x = self.norm(tokens)
-        return torch.softmax((x @ k + self.key.bias @ self.query) / self.query.shape[0] ** 0.5, dim=-1)
+        return self._attention(standardise(tokens, self.norm.eps))
 
 
 def standardise(tokens: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
