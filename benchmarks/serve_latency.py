@@ -209,11 +209,7 @@ def ann_run(
     extra = [*threads, "--index", kind]
     proc, base, startup = start_server(bundle_dir, work / f"ann-{kind}.sqlite", extra)
     try:
-        asyncio.run(open_loop(base, [{**b, "explain": False} for b in bodies[:400]], args.rate))
-        runs = [
-            asyncio.run(open_loop(base, [{**b, "explain": False} for b in bodies], args.rate))
-            for _ in range(args.repeats)
-        ]
+        runs = recommend_runs(base, bodies, args)
         rss = psutil.Process(proc.pid).memory_info().rss / 2**20
     finally:
         proc.kill()
@@ -223,8 +219,21 @@ def ann_run(
         "startup_s": startup,
         "rss_mb": rss,
         "recommend_runs": runs,
-        "recommend": sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2],
+        "recommend": median_p99(runs),
     }
+
+
+def recommend_runs(base: str, bodies: list[dict], args) -> list[dict]:
+    """A warm-up at the measured rate (connections opened, caches warm), then ``args.repeats``
+    independent open-loop runs: one p99 of 1000 requests is its 10th-worst latency, so a single run
+    swings with whatever else the machine did in those seconds."""
+    plain = [{**b, "explain": False} for b in bodies]
+    asyncio.run(open_loop(base, plain[:400], args.rate))
+    return [asyncio.run(open_loop(base, plain, args.rate)) for _ in range(args.repeats)]
+
+
+def median_p99(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2]
 
 
 def recommend_body(bodies: list[dict]):
@@ -286,8 +295,6 @@ def main() -> None:
             proc, base, startup = start_server(work / f"b{n}", work / f"e{n}.sqlite", threads)
             try:
                 rss = psutil.Process(proc.pid).memory_info().rss / 2**20
-                # warm-up at the measured rate: connections opened, allocator and caches warm
-                asyncio.run(open_loop(base, [{**b, "explain": False} for b in bodies[:400]], args.rate))
                 row = {
                     "items": n,
                     "startup_s": startup,
@@ -295,14 +302,8 @@ def main() -> None:
                     "bundle_build_s": build_s,
                     "loadavg": os.getloadavg(),
                 }
-                # several independent runs: one p99 of 1000 requests is its 10th-worst latency, so
-                # a single run swings with whatever else the machine did in those 5 seconds
-                runs = [
-                    asyncio.run(open_loop(base, [{**b, "explain": False} for b in bodies], args.rate))
-                    for _ in range(args.repeats)
-                ]
-                row["recommend_runs"] = runs
-                row["recommend"] = sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2]  # median p99
+                row["recommend_runs"] = recommend_runs(base, bodies, args)
+                row["recommend"] = median_p99(row["recommend_runs"])
                 row["recommend_explain"] = asyncio.run(  # explanations cost ~20 user-encoder passes
                     open_loop(base, [{**b, "explain": True} for b in bodies[:200]], args.explain_rate)
                 )
