@@ -33,10 +33,16 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["pop", "itemknn", "gru4rec", "sasrec"])
     ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/baselines.json"))
-    ap.add_argument("--table", type=Path, help="Only print the markdown table of an earlier --out file.")
+    ap.add_argument(
+        "--table",
+        type=Path,
+        nargs="+",
+        help="Only print the markdown table of earlier --out files; a (protocol, model) found in a later "
+        "file replaces the earlier file's runs of it.",
+    )
     args = ap.parse_args()
     if args.table:
-        print(markdown_table(json.loads(args.table.read_text())["runs"]))
+        print(markdown_table(merge_runs([json.loads(path.read_text())["runs"] for path in args.table])))
         return
 
     spec = DatasetSpec(path=args.dataset)
@@ -68,6 +74,20 @@ def main() -> None:
                 args.out.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     print()
     print(markdown_table(runs))
+
+
+def merge_runs(files: list[list[dict]]) -> list[dict]:
+    """Runs of several result files; a later file's (protocol, model) replaces an earlier one's."""
+    merged: dict[tuple[str, str], list[dict]] = {}
+    for runs in files:
+        replaced = set()
+        for r in runs:
+            key = (r["protocol"]["name"], r["model"])
+            if key not in replaced:
+                merged[key] = []
+                replaced.add(key)
+            merged[key].append(r)
+    return [r for group in merged.values() for r in group]
 
 
 def markdown_table(runs: list[dict]) -> str:

@@ -3,15 +3,18 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from linkedout.data.batches import PAD
 from linkedout.data.interactions import Interactions
 from linkedout.data.protocol import Protocol, split
 from linkedout.models import ModelConfig, build_model
 from linkedout.models.base import TrainBatch
-from linkedout.models.user_encoders import GRU4Rec, SASRec
+from linkedout.models.sequential import IdItemEncoder, SequentialRecommender
+from linkedout.models.user_encoders import ByteDropout, GRU4Rec, SASRec, attention_weights
 from linkedout.train.evaluate import evaluate
-from linkedout.train.trainer import TrainConfig, seed_everything, train
+from linkedout.train.recipes import recipe
+from linkedout.train.trainer import TrainConfig, resolve_precision, seed_everything, train
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "mean"])
@@ -32,6 +35,35 @@ def test_sasrec_is_causal():
     x2 = x.clone()
     x2[0, 4:] = torch.randn(2, 16)  # change the future
     torch.testing.assert_close(enc(x2, valid)[0, :4], y[0, :4])
+
+
+def test_written_out_attention_equals_scaled_dot_product_attention():
+    """Training applies dropout to written-out attention weights; evaluation uses the fused kernel."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 6, 4).unbind(0)
+    valid = torch.tensor([[False, False, True, True, True, True], [True] * 6])
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril()[None] & (
+        valid[:, None, :] | torch.eye(6, dtype=torch.bool)
+    )
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    torch.testing.assert_close(attention_weights(q, k, allowed) @ v, fused)
+
+
+def test_byte_dropout_drops_p_rescales_and_repeats_under_a_seed():
+    x = torch.ones(400, 1000)
+    drop = ByteDropout(0.2)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 51 / 256) < 0.005  # p rounded to 51/256
+    assert torch.allclose(y[kept], torch.tensor(256 / 205))  # inverted dropout: E[y] = x
+    assert abs(y.mean().item() - 1.0) < 0.01
+    torch.manual_seed(0)
+    assert torch.equal(ByteDropout(0.2)(x), y)  # seeded from torch's generator
+    assert not torch.equal(drop(x), y)  # a fresh mask every call
+    assert torch.equal(drop.eval()(x), x) and torch.equal(ByteDropout(0.0)(x), x)
+    with pytest.raises(ValueError, match="dropout"):
+        ByteDropout(1.0)
 
 
 def test_gru4rec_packed_equals_one_sequence_at_a_time():
@@ -59,6 +91,55 @@ def test_in_batch_loss_masks_the_users_own_items():
     assert torch.isfinite(loss)
     model_ce = build_model(ModelConfig(name="mean", dim=8, loss="ce"), n_items=10, max_len=3)
     assert torch.isfinite(model_ce.loss(batch))
+
+
+def test_softmax_over_trained_items_equals_masking_the_others():
+    """Fast path (gather the trained items' rows) vs reference (every logit, untrained masked): same
+    loss, same gradients; untrained items get no gradient through the softmax."""
+    torch.manual_seed(0)
+    trained = torch.ones(12, dtype=torch.bool)
+    trained[[2, 9]] = False
+    model = SequentialRecommender(IdItemEncoder(12, 8), SASRec(8, max_len=4), trained_items=trained)
+    states = torch.randn(7, 8)
+    targets = torch.tensor([0, 1, 3, 11, 5, 8, 10])
+    matrix = model.item_encoder.all_items()
+    fast = F.cross_entropy(model.softmax_logits(states, matrix), model.softmax_column[targets])
+    (grad_fast,) = torch.autograd.grad(fast, matrix)
+    reference = F.cross_entropy(model.reference_softmax_logits(states, matrix), targets)
+    (grad_reference,) = torch.autograd.grad(reference, matrix)
+    torch.testing.assert_close(fast, reference)
+    torch.testing.assert_close(grad_fast, grad_reference)
+    assert grad_fast[[2, 9]].abs().sum() == 0
+
+
+def test_precision_auto_resolves_by_hardware_and_bad_values_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", "cpu")
+
+
+def test_recipes_use_bf16_only_where_it_was_measured(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert recipe("sasrec", "recbole")[1].precision == "bf16"  # ID embeddings: measured
+    assert recipe("sasrec", "recbole", item_encoder="linkedout")[1].precision == "fp32"
+    assert recipe("sasrec", "recbole", item_encoder="dff", precision="bf16")[1].precision == "bf16"
+    assert recipe("gru4rec", "recbole")[1].precision == "fp32"
+
+
+@pytest.mark.parametrize("encoder", ["sasrec", "gru4rec"])
+def test_bf16_training_learns_the_walk_too(encoder):
+    seed_everything(0)
+    s = split(_cyclic_log(), Protocol("t", max_seq_len=8))
+    model = build_model(ModelConfig(name=encoder, dim=32, dropout=0.0), s.n_items, 8)
+    config = TrainConfig(epochs=30, patience=30, lr=5e-3, batch_size=32, precision="bf16")
+    train(model, s, config, progress=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: weights stay fp32
+    assert evaluate(model, s, "test")["HR@10"] > 0.95
 
 
 def _cyclic_log(n_users=60, n_items=20, length=12, seed=0):

@@ -116,6 +116,9 @@ def train_cmd(
     max_len: int | None = typer.Option(None, "--max-len", help="Override the protocol's history length."),
     sampled: int | None = typer.Option(None, "--sampled-negatives", help="Sampled metrics (inflated!)."),
     device: str | None = typer.Option(None, "--device", help="cpu (default), cuda, mps"),
+    precision: str | None = typer.Option(
+        None, "--precision", help="fp32 | bf16 | auto (bf16 where the hardware is fast at it)."
+    ),
     format: str | None = typer.Option(None, "--format", help="Log format when --dataset is a path."),
     min_rating: float | None = typer.Option(None, "--min-rating"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -150,6 +153,7 @@ def train_cmd(
             loss=loss,
             logq=logq,
             device=device,
+            precision=precision,
             item_encoder=item_encoder,
             features=features,
             id_fusion=id_fusion,

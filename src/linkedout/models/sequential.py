@@ -18,6 +18,8 @@ from linkedout.data.batches import PAD
 from linkedout.models.base import Recommender, TrainBatch
 
 NEG_INF = float("-inf")
+IGNORE = -100  # a target column cross_entropy skips
+ROW_BUCKET = 128  # training softmax rows are padded to a multiple of this
 
 
 class IdItemEncoder(nn.Module):
@@ -60,7 +62,14 @@ class SequentialRecommender(Recommender):
         # appear later (cold-start items, items first seen in valid/test) are left out of the training
         # softmax, or the loss would teach the model to rank them last before it has ever seen them.
         known = trained_items if trained_items is not None else torch.ones(self.n_items, dtype=torch.bool)
-        self.register_buffer("unseen_in_training", ~known.bool(), persistent=False)
+        softmax_items = torch.nonzero(known.bool()).flatten()
+        # None when every item is known: the softmax then runs over the item matrix as it is
+        everything = len(softmax_items) == self.n_items
+        self.register_buffer("_softmax_items", None if everything else softmax_items, persistent=False)
+        # an item's column in the training softmax (-1: not in it)
+        column = torch.full((self.n_items,), -1, dtype=torch.long)
+        column[softmax_items] = torch.arange(len(softmax_items))
+        self.register_buffer("softmax_column", column, persistent=False)
 
     def encode_history(self, history: torch.Tensor, item_matrix: torch.Tensor | None = None) -> torch.Tensor:
         """User states at every position; with ``item_matrix`` (all item vectors, already computed for
@@ -95,13 +104,30 @@ class SequentialRecommender(Recommender):
             # gather the history from it (a content encoder's cost is the catalogue, not the batch)
             matrix = self.item_encoder.all_items()
             states = self.encode_history(batch.inputs, matrix)[valid]
-            logits = (states @ matrix.T).masked_fill(self.unseen_in_training, NEG_INF)
-            loss = F.cross_entropy(logits, targets)
+            # Round the row count up with ignored rows: the number of valid positions changes every
+            # step, and under bf16 autocast oneDNN keeps a compiled matmul per shape (its primitive
+            # cache grew the process by ~85 MB per epoch); a few shapes keep it small.
+            pad = -len(states) % ROW_BUCKET
+            states = F.pad(states, (0, 0, 0, pad))
+            columns = F.pad(self.softmax_column[targets], (0, pad), value=IGNORE)
+            loss = F.cross_entropy(self.softmax_logits(states, matrix), columns, ignore_index=IGNORE)
         else:
             states = self.encode_history(batch.inputs)[valid]
             loss = self._in_batch_loss(states, targets, batch, valid)
         aux = getattr(self.item_encoder, "pop_aux_loss", lambda: None)()
         return loss if aux is None else loss + aux
+
+    def softmax_logits(self, states: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """Logits of the training softmax: one column per item that has training events. Gathering
+        those rows is cheaper than computing every item's logit and masking the rest to -inf (the
+        same loss; ``reference_softmax_logits`` is that version, kept for the equivalence test)."""
+        if self._softmax_items is not None:
+            matrix = matrix[self._softmax_items]
+        return states @ matrix.T
+
+    def reference_softmax_logits(self, states: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """Every item's logit, untrained items masked to -inf: columns are item indices."""
+        return (states @ matrix.T).masked_fill(self.softmax_column < 0, NEG_INF)
 
     def _in_batch_loss(
         self, states: torch.Tensor, targets: torch.Tensor, batch: TrainBatch, valid: torch.Tensor

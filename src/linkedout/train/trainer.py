@@ -24,6 +24,10 @@ from linkedout.train.evaluate import evaluate
 class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # "bf16": the training forward runs under bfloat16 autocast (matmuls in bf16, the softmax loss in
+    # fp32; weights, optimizer and evaluation stay fp32). "auto": bf16 where the device has fast bf16
+    # matmuls (CPU: AVX512-BF16 or AMX; CUDA: Ampere or newer), else fp32.
+    precision: str = "fp32"
     batch_size: int = 128
     epochs: int = 200
     patience: int = 10  # epochs without validation improvement before stopping
@@ -72,6 +76,8 @@ def train(
     train_items, train_starts, train_ends = split.train_sequences()
     windows = TrainWindows(train_starts, train_ends, split.protocol.max_seq_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    precision = resolve_precision(config.precision, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     best = TrainResult(-1, {config.select_metric: -math.inf})
     best_state: dict[str, torch.Tensor] = {}
     history: list[dict] = []
@@ -91,7 +97,8 @@ def train(
                     train_items, w_start[lo : lo + config.batch_size], w_end[lo : lo + config.batch_size]
                 )
                 batch = TrainBatch(torch.from_numpy(inputs), torch.from_numpy(targets)).to(device)
-                loss = model.loss(batch)
+                with autocast:
+                    loss = model.loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip:
@@ -128,6 +135,20 @@ def train(
     best.history = history
     best.train_seconds = time.perf_counter() - started
     return best
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """The precision training runs at: ``precision`` itself, or for "auto" what ``device`` is fast at."""
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"unknown precision {precision!r} (fp32, bf16, auto)")
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    if kind == "cpu":
+        fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    else:
+        fast = kind == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16" if fast else "fp32"
 
 
 def save_checkpoint(model: Recommender, path: Path) -> None:
