@@ -23,11 +23,10 @@ Reproduce::
     python3 benchmarks/recbole_reference.py --python /tmp/recbole-venv/bin/python \
         --run SASRec:2048:0 --run SASRec:256:0 --run GRU4Rec:2048:0 --run GRU4Rec:256:0
 
-Cost: on the 2-core shared dev machine one epoch took 500-700 s for SASRec
-(bs 256 and 2048 alike, ~110-150 training sequences/s) and ~12+ min for
-GRU4Rec bs 256, so a full 200-epoch/patience-10 run takes hours; the
-numbers recorded so far came from ``--max-train-seconds`` truncated runs
-(JSON field ``truncated``), which are NOT converged.
+Cost: RecBole expands every prefix into a training sequence (~97k of length 50 per epoch). One
+SASRec epoch took 178 s on the idle 2 cores (bs 2048, 2 threads) and 210-250 s with one thread
+while another job used the other core (bs 256); on a busier machine 500-700 s. The converged bs-256
+run recorded in docs/benchmarks.md (patience 10, stopped after 18 epochs) took 81 minutes.
 
 A run is ``MODEL:TRAIN_BATCH_SIZE:SEED``. Only the parent side (the default
 mode) uses the standard library alone; the child side imports recbole.
