@@ -110,6 +110,15 @@ def test_softmax_over_trained_items_equals_masking_the_others():
     torch.testing.assert_close(fast, reference)
     torch.testing.assert_close(grad_fast, grad_reference)
     assert grad_fast[[2, 9]].abs().sum() == 0
+    # and through the whole loss, whose rows are padded to a multiple of ROW_BUCKET with ignored ones
+    model.eval()  # no dropout: both sides see the same states
+    batch = TrainBatch(
+        torch.tensor([[PAD, 0, 1, 3], [5, 8, 10, 11]]), torch.tensor([[PAD, 1, 3, 4], [8, 10, 11, 0]])
+    )
+    valid = (batch.inputs != PAD) & (batch.targets != PAD)
+    states = model.encode_history(batch.inputs, matrix)[valid]
+    expected = F.cross_entropy(model.reference_softmax_logits(states, matrix), batch.targets[valid])
+    torch.testing.assert_close(model.loss(batch), expected)
 
 
 def test_precision_auto_resolves_by_hardware_and_bad_values_are_refused(monkeypatch):
