@@ -50,6 +50,8 @@ def test_train_writes_json_and_evaluate_rescores_the_saved_run(samples_small, tm
     assert row["dataset"] == "ml-100k" and row["protocol"]["name"] == "microlens"
     assert set(row["metrics"]) >= {"HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR@10", "Recall@10"}
     assert 1 <= row["best_epoch"] <= 2
+    # not a terminal here: the table is still printed in full, numbers not elided
+    assert f"{row['metrics']['NDCG@10']:.4f}" in result.output and "…" not in result.output
     assert (run_dir / "model.safetensors").exists()
 
     again = tmp_path / "again.json"

@@ -6,6 +6,7 @@ from __future__ import annotations
 def print_results_table(rows: list[dict], protocol_line: str, title: str) -> None:
     """One row per result; the protocol line is printed under every table on purpose."""
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
     table = Table(title=title)
@@ -30,6 +31,11 @@ def print_results_table(rows: list[dict], protocol_line: str, title: str) -> Non
                 f"{r['train_seconds']:.1f}",
             )
     console = Console()
+    if not console.is_terminal:
+        # piped or logged (CI, `make demo | tee`): rich would fold the table into 80 columns and
+        # elide the numbers; a log line may be as long as the table needs
+        unbounded = console.options.update_width(10_000)
+        console.width = max(console.width, Measurement.get(console, unbounded, table).maximum)
     console.print(table)
     console.print(f"[dim]{protocol_line}[/dim]")
 
