@@ -3,6 +3,8 @@ and schemathesis over the OpenAPI spec (no 5xx for anything it can generate)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -111,6 +113,12 @@ def test_new_item_from_tokens_is_recommendable_at_once_and_listed(client):
     assert bad.status_code == 422 and "shape" in bad.json()["detail"]
     ragged = client.post("/v1/items", json={"item_id": "new3", "tokens": [[[1.0], [1.0, 2.0]]]})
     assert ragged.status_code == 422
+    huge = np.array(tokens)
+    huge[0, 0, 0] = 1e39  # valid JSON, beyond float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no numpy overflow warning on the way
+        r = client.post("/v1/items", json={"item_id": "new4", "tokens": huge.tolist()})
+    assert r.status_code == 422 and "infinity" in r.json()["detail"]
     assert client.get("/healthz").json()["items"] == N_ITEMS + 1
 
 

@@ -524,7 +524,9 @@ def create_app(config: ServeConfig) -> FastAPI:
         try:
             if body.tokens is not None:
                 try:
-                    tokens = np.asarray(body.tokens, dtype=np.float32)
+                    # values beyond float32 become inf here, which encode_tokens refuses with a 422
+                    with np.errstate(over="ignore"):
+                        tokens = np.asarray(body.tokens, dtype=np.float32)
                 except ValueError:
                     raise HTTPException(
                         422, "tokens must be a regular [L, S, D] array (rows of equal length)"
