@@ -26,7 +26,8 @@ Reproduce::
 Cost: RecBole expands every prefix into a training sequence (~97k of length 50 per epoch). One
 SASRec epoch took 178 s on the idle 2 cores (bs 2048, 2 threads) and 210-250 s with one thread
 while another job used the other core (bs 256); on a busier machine 500-700 s. The converged bs-256
-run recorded in docs/benchmarks.md (patience 10, stopped after 18 epochs) took 81 minutes.
+runs recorded in docs/benchmarks.md (patience 10; seed 0 stopped after 18 epochs, seed 1 after 27)
+took 81 and 92 minutes with one thread.
 
 A run is ``MODEL:TRAIN_BATCH_SIZE:SEED``. Only the parent side (the default
 mode) uses the standard library alone; the child side imports recbole.
