@@ -37,8 +37,8 @@ def main() -> None:
         "--table",
         type=Path,
         nargs="+",
-        help="Only print the markdown table of earlier --out files; a (protocol, model) found in a later "
-        "file replaces the earlier file's runs of it.",
+        help="Only print the markdown table of earlier --out files; a (protocol, model, seed) found in a "
+        "later file replaces the earlier file's run of it.",
     )
     args = ap.parse_args()
     if args.table:
@@ -77,17 +77,13 @@ def main() -> None:
 
 
 def merge_runs(files: list[list[dict]]) -> list[dict]:
-    """Runs of several result files; a later file's (protocol, model) replaces an earlier one's."""
-    merged: dict[tuple[str, str], list[dict]] = {}
+    """Runs of several result files; a later file's (protocol, model, seed) replaces an earlier one's,
+    so files holding other seeds of the same model add to its mean."""
+    merged: dict[tuple[str, str, int], dict] = {}
     for runs in files:
-        replaced = set()
         for r in runs:
-            key = (r["protocol"]["name"], r["model"])
-            if key not in replaced:
-                merged[key] = []
-                replaced.add(key)
-            merged[key].append(r)
-    return [r for group in merged.values() for r in group]
+            merged[(r["protocol"]["name"], r["model"], r["seed"])] = r
+    return list(merged.values())
 
 
 def markdown_table(runs: list[dict]) -> str:
