@@ -39,9 +39,10 @@ import torch
 
 from linkedout.backbones import get_backbone
 from linkedout.backbones.base import ItemInput
+from linkedout.backbones.extractor import Extractor
 from linkedout.data.catalog import Catalog
 from linkedout.data.samples import fetch_samples
-from linkedout.extract import default_frame_size, extract, item_text
+from linkedout.extract import default_frame_size, extract
 from linkedout.video import DecodedClip, FrameSampler
 
 
@@ -83,15 +84,17 @@ class _PeakRSS:
         self._sample()
 
 
-def _decode_all(catalog: Catalog, sampler: FrameSampler) -> tuple[list[ItemInput], float, dict[str, str]]:
+def _decode_all(catalog: Catalog, extractor: Extractor) -> tuple[list[ItemInput], float, dict[str, str]]:
     """Every clip's frames, decoded sequentially in this thread (also times decode-only)."""
     inputs, failed = [], {}
     t0 = time.perf_counter()
+    assert extractor.sampler is not None
     for item in catalog:
-        got = sampler.try_sample(item.path)
+        got = extractor.sampler.try_sample(item.path)
         if isinstance(got, DecodedClip):
-            meta = {"timestamps": got.timestamps, "duration": got.duration, "fps": got.fps}
-            inputs.append(ItemInput(item.id, frames=got.frames, text=item_text(item), meta=meta))
+            inputs.append(
+                extractor.item_input(item.id, got, title=item.title, text=item.text, path=item.path)
+            )
         else:
             failed[item.id] = got.reason
     return inputs, time.perf_counter() - t0, failed
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     thread_counts = sorted({threads_for(w) for _, w, _ in configs})
 
     def backbone_only() -> tuple[dict[int, float], float, dict[str, str], int]:
-        inputs, decode_s, failed = _decode_all(catalog, sampler)
+        inputs, decode_s, failed = _decode_all(catalog, Extractor(backbone, sampler))
         frames = sum(len(i.frames) for i in inputs if i.frames is not None)
         times = {}
         for n in thread_counts:
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return times, decode_s, failed, frames
         # (inputs freed on return: the end-to-end runs' peak RSS must not include them)
 
-    warm, _, _ = _decode_all(catalog[:2], sampler)
+    warm, _, _ = _decode_all(catalog[:2], Extractor(backbone, sampler))
     backbone.encode(warm)  # first-call allocations and kernel selection are not steady state
     del warm
 

@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 import torch
 
-from linkedout.serve.synthetic import random_vector_bundle, synthetic_model
+from linkedout.synthetic import random_vector_bundle, synthetic_model
 
 JSON = {"content-type": "application/json"}
 

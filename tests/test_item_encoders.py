@@ -82,13 +82,16 @@ def test_linkedout_cached_catalogue_equals_encoding_raw_tokens(compressor):
     enc = LinkedOutEncoder(features, 16, compressor=compressor, dropout=0.0).eval()
     items = torch.tensor([0, 7, 29])
     raw = features.tokens[items].float()
-    torch.testing.assert_close(enc.encode_items(items), enc.content(raw), atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(enc.gate_weights(items), enc.fuser.weights(enc.layer_vectors(raw)))
+    torch.testing.assert_close(
+        enc.encode_items(items).vectors, enc.content_vectors(raw), atol=2e-5, rtol=1e-4
+    )
+    torch.testing.assert_close(enc.layer_weights(items), enc.content_layer_weights(raw))
+    torch.testing.assert_close(enc.layer_weights(items), enc.fuser.weights(enc.layer_vectors(raw)))
 
 
 def test_gate_weights_explain_per_item():
     enc = LinkedOutEncoder(random_features(), 16)
-    w = enc.gate_weights(torch.tensor([0, 1, 2]))
+    w = enc.layer_weights(torch.tensor([0, 1, 2]))
     assert w.shape == (3, 4)
     torch.testing.assert_close(w.sum(-1), torch.ones(3))
 
@@ -97,10 +100,10 @@ def test_mlp_compressor_uses_old_and_new_tokens():
     torch.manual_seed(0)
     features = random_features()
     enc = LinkedOutEncoder(features, 16, compressor="mlp").eval()
-    base = enc.content(features.tokens.float())
+    base = enc.content_vectors(features.tokens.float())
     changed = features.tokens.float()
     changed[:, :, 3] += torch.randn_like(changed[:, :, 3])  # only the "new" token moves
-    assert not torch.allclose(enc.content(changed), base)
+    assert not torch.allclose(enc.content_vectors(changed), base)
 
 
 def test_load_balancing_term_is_added_to_the_loss():
@@ -182,7 +185,7 @@ def test_linkedout_ranks_cold_items_from_content_and_id_only_cannot():
         assert among["NDCG@10"] >= evaluate(model, s, "test", subset="cold")["NDCG@10"]
         assert len(s.cold_test_items) <= 10 and among["HR@10"] == 1.0
         if encoder == "linkedout":
-            w = model.item_encoder.gate_weights(torch.arange(s.n_items)).mean(0)
+            w = model.layer_weights(torch.arange(s.n_items)).mean(0)
             assert w.argmax().item() == 2  # the fuser found the informative layer
     assert results["linkedout"] > 0.9
     assert results["id"] < 0.5  # ~chance: 10 of the 48 items

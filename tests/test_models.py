@@ -10,7 +10,8 @@ from linkedout.data.interactions import Interactions
 from linkedout.data.protocol import Protocol, split
 from linkedout.models import ModelConfig, build_model
 from linkedout.models.base import TrainBatch
-from linkedout.models.sequential import IdItemEncoder, SequentialRecommender
+from linkedout.models.item_encoders import IdItemEncoder
+from linkedout.models.sequential import SequentialRecommender
 from linkedout.models.user_encoders import ByteDropout, GRU4Rec, SASRec, attention_weights
 from linkedout.train.evaluate import evaluate
 from linkedout.train.recipes import recipe

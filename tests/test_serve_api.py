@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from linkedout.serve.app import ServeConfig, create_app
-from linkedout.serve.synthetic import synthetic_bundle
+from linkedout.synthetic import synthetic_bundle
 
 N_ITEMS = 40
 

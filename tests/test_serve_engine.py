@@ -13,7 +13,7 @@ from linkedout.explain import explain_history
 from linkedout.serve.bundle import load_bundle
 from linkedout.serve.engine import Engine, RecRequest
 from linkedout.serve.index import ExactIndex, make_index
-from linkedout.serve.synthetic import synthetic_bundle
+from linkedout.synthetic import synthetic_bundle
 
 NONE = np.zeros(0, dtype=np.int64)
 

@@ -24,7 +24,7 @@ import torch
 from typer.testing import CliRunner
 
 from linkedout.serve.bundle import load_bundle
-from linkedout.serve.synthetic import synthetic_bundle
+from linkedout.synthetic import synthetic_bundle
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -165,18 +165,24 @@ def test_new_item_from_a_video_path_is_extracted_with_the_bundle_backbone(sample
     from fastapi.testclient import TestClient
 
     from linkedout.backbones import get_backbone
+    from linkedout.backbones.extractor import Extractor
     from linkedout.serve.app import ServeConfig, create_app
     from linkedout.video import FrameSampler
 
     sampler = FrameSampler(4, 128)
     bb = get_backbone("frames", layers=(4, 16), dim=32, sampler=sampler.fingerprint())
-    fields = json.loads(json.dumps(bb.fingerprint_fields()))
-    store_meta = {"fingerprint": bb.fingerprint(), "fingerprint_fields": fields, "shape": [2, 5, 32]}
+    extractor = Extractor(bb, sampler)  # what `linkedout extract` records in the store
+    fields = json.loads(json.dumps(extractor.fingerprint_fields()))
+    store_meta = {
+        "fingerprint": extractor.fingerprint(),
+        "fingerprint_fields": fields,
+        "extractor": extractor.spec().to_json(),
+    }
     tokens = torch.randn(12, 2, 5, 32).half()
     bundle, _ = synthetic_bundle(
         12, tokens=tokens, token_kinds=bb.token_kinds, layer_names=bb.layer_names, store_meta=store_meta
     )
-    assert bundle.meta["backbone"]["name"] == "frames"
+    assert bundle.meta["extractor"]["backbone"] == "frames"
     clip = next(
         p for p in Path(samples_small.root, "clips").rglob("*") if p.suffix in (".mp4", ".webm", ".ogv")
     )
@@ -202,12 +208,12 @@ def test_new_item_from_a_video_path_is_extracted_with_the_bundle_backbone(sample
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
 def test_demo_page_in_headless_chromium(samples_small, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev group)")
-    from linkedout.serve.bundle import thumbnail_jpeg
+    from linkedout.video import clip_thumbnail
 
     clips = sorted(p for p in Path(samples_small.root, "clips").rglob("*") if p.suffix in (".mp4", ".webm"))[
         :4
     ]
-    thumbs = {i: thumbnail_jpeg(p) for i, p in enumerate(clips)}
+    thumbs = {i: clip_thumbnail(p) for i, p in enumerate(clips)}
     titles = [p.stem for p in clips] + [f"item {i}" for i in range(len(clips), 24)]
     bundle, _ = synthetic_bundle(24, titles=titles, thumbnails=thumbs)
     bundle.save(tmp_path / "b")

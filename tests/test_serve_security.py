@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from linkedout.serve.app import ServeConfig, check_bind, create_app, resolve_media_path
-from linkedout.serve.synthetic import synthetic_bundle
+from linkedout.synthetic import synthetic_bundle
 
 EVENT = {"events": [{"event_id": "e1", "user_id": "u", "item_id": "i1"}]}
 

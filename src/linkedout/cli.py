@@ -438,7 +438,8 @@ def export_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
 ) -> None:
     """Write the serving bundle of a trained run: item matrix, encoders, id maps, fingerprint, model card."""
-    from linkedout.serve.bundle import BundleError, export_bundle
+    from linkedout.export import export_bundle
+    from linkedout.serve.bundle import BundleError
 
     try:
         bundle = export_bundle(run_dir, out, catalog=catalog, overwrite=force)

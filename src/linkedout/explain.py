@@ -17,22 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from linkedout.data.batches import PAD, padded_windows
+from linkedout.data.batches import PAD, left_pad, padded_windows
 from linkedout.data.protocol import Split
 from linkedout.models.base import Recommender
-
-
-def layer_weights(model: Recommender, items: torch.Tensor) -> torch.Tensor | None:
-    """``[N, L]`` layer weights of ``items`` (rows sum to 1), or None when the encoder has none."""
-    encoder = getattr(model, "item_encoder", None)
-    if encoder is None:
-        return None
-    if hasattr(encoder, "gate_weights"):
-        return encoder.gate_weights(items)
-    if hasattr(encoder, "layer_weights"):
-        with torch.no_grad():
-            return encoder.layer_weights()[None].expand(len(items), -1)
-    return None
 
 
 @dataclass
@@ -53,6 +40,13 @@ class Explanation:
     history_layer_weights: list[list[float]] = field(default_factory=list)
 
 
+def occlusions(history: np.ndarray, first: int = 0) -> list[np.ndarray]:
+    """The history without its t-th item, for t = first .. len - 1: the occlusion variants whose
+    scores give each history item's contribution (left-padded by the caller, so positions stay
+    anchored to the most recent item)."""
+    return [np.delete(history, t) for t in range(first, len(history))]
+
+
 @torch.no_grad()
 def explain_history(
     model: Recommender,
@@ -67,18 +61,14 @@ def explain_history(
     model.eval()
     length = len(history)
     full = torch.as_tensor(history, dtype=torch.long)[None]
-    # variant t = the history without its t-th item (left-padded, so positions stay recency-anchored)
-    keep = ~np.eye(length, dtype=bool)
-    variants = np.full((length, length), PAD, dtype=np.int64)
-    for t in range(length):
-        variants[t, 1:] = history[keep[t]]
+    variants = left_pad(occlusions(history), length)
     scores = model.score_all_items(full)[0]
     if exclude is not None and len(exclude):
         scores[torch.as_tensor(exclude, dtype=torch.long)] = float("-inf")
     top = torch.topk(scores, min(k, len(scores))).indices
     occluded = model.score_all_items(torch.as_tensor(variants))[:, top]  # [L, k]
     drops = (scores[top][None, :] - occluded).numpy()  # [L, k]
-    weights = layer_weights(model, torch.as_tensor(np.concatenate([top.numpy(), history]), dtype=torch.long))
+    weights = model.layer_weights(torch.as_tensor(np.concatenate([top.numpy(), history]), dtype=torch.long))
     recs = []
     for j, item in enumerate(top.tolist()):
         order = np.argsort(-drops[:, j])
@@ -124,8 +114,7 @@ def explain_user(
     exclude = data.items[start:end] if split.protocol.mask_history else None
     if len(split.excluded_items):
         exclude = split.excluded_items if exclude is None else np.union1d(exclude, split.excluded_items)
-    names = tuple(getattr(getattr(model, "item_encoder", None), "layer_names", ()) or ())
-    return explain_history(model, history, k=k, exclude=exclude, layer_names=names, user=user_id)
+    return explain_history(model, history, k=k, exclude=exclude, layer_names=model.layer_names, user=user_id)
 
 
 def plot_layer_weights(
@@ -140,7 +129,7 @@ def plot_layer_weights(
     n_total = model.n_items
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n_total, size=min(n_items, n_total), replace=False))
-    weights = layer_weights(model, torch.as_tensor(sample))
+    weights = model.layer_weights(torch.as_tensor(sample))
     if weights is None:
         raise ValueError("this model's item encoder has no layer weights to plot (use dff or linkedout)")
     w = weights.numpy()

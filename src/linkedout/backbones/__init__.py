@@ -11,6 +11,10 @@ from typing import Any
 from linkedout.backbones.base import Backbone, ItemInput, ItemTokens, fingerprint
 
 BACKBONES = ("frames", "text", "caption", "vllm")
+# Options that change where or how fast a backbone runs, not its tokens: left out of the recorded
+# build spec, so a store extracted on a GPU can be rebuilt on a CPU server (the fingerprint check
+# still catches a dtype that resolves differently there).
+RUNTIME_OPTIONS = frozenset({"device", "batch_size", "frame_batch", "attn_implementation"})
 
 __all__ = ["BACKBONES", "Backbone", "ItemInput", "ItemTokens", "fingerprint", "get_backbone"]
 
@@ -19,7 +23,18 @@ def get_backbone(name: str, **options: Any) -> Backbone:
     """A backbone by name: ``"frames"`` (EfficientNet-Lite0), ``"text"`` (MiniLM layers), ``"caption"``
     (one MiniLM sentence vector of the item's text or caption), ``"vllm"``
     (Video-LLM adapters; pass ``model=...``, or write ``"vllm:<model>"``). ``options`` go to the
-    backbone's constructor unchanged."""
+    backbone's constructor unchanged. The backbone remembers them as ``build_spec`` (name + options
+    less `RUNTIME_OPTIONS`), which the extraction records so that a server can build it again."""
+    backbone = _build(name, options)
+    kind, _, model = name.partition(":")
+    recorded = {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS}
+    if model:
+        recorded = {"model": model, **recorded}
+    backbone.build_spec = {"name": kind, "options": recorded}  # type: ignore[attr-defined]
+    return backbone
+
+
+def _build(name: str, options: dict[str, Any]) -> Backbone:
     kind, _, model = name.partition(":")
     if kind == "frames":
         from linkedout.backbones.frames import FramesBackbone

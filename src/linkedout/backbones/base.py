@@ -59,6 +59,8 @@ class Backbone(Protocol):
     layers: tuple[int, ...]
     token_kinds: tuple[str, ...]
     dim: int
+    # Optional, not a protocol member (a backbone of one's own need not have it): ``build_spec``,
+    # set by `get_backbone` to {"name": ..., "options": ...}, how to build the same backbone again.
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """Backbone id + revision, prompt, frame sampler, layers, pooling, dtype, new-token count."""

@@ -114,6 +114,7 @@ class FramesBackbone:
     """EfficientNet-Lite0 block states, pooled per layer into S summary tokens. See module docstring."""
 
     name = "frames"
+    build_spec: dict[str, Any] | None = None  # set by get_backbone (see backbones/__init__.py)
 
     def __init__(
         self,

@@ -53,6 +53,7 @@ class TextBackbone:
     """MiniLM layer states of "prompt + item text", pooled into ``[L, 2, 384]``. See module docstring."""
 
     name = "text"
+    build_spec: dict[str, Any] | None = None  # set by get_backbone (see backbones/__init__.py)
     token_kinds = ("text", "prompt")
     needs_frames = False  # the extraction pipeline never decodes video for text backbones
 

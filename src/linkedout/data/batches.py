@@ -7,6 +7,7 @@ Nothing here loops over users in Python: 10M events and 1M users index in well u
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,18 @@ def padded_windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, leng
     valid = idx >= starts[:, None]
     out = np.where(valid, items[np.clip(idx, 0, max(len(items) - 1, 0))], PAD)
     return out.astype(np.int64, copy=False)
+
+
+def left_pad(histories: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
+    """Histories of different lengths as one ``[B, length]`` int64 matrix, LEFT-padded with PAD
+    (``length`` defaults to the longest, at least 1; a longer history keeps its most recent items)."""
+    width = max(1, max((len(h) for h in histories), default=0)) if length is None else length
+    out = np.full((len(histories), width), PAD, dtype=np.int64)
+    for b, h in enumerate(histories):
+        n = min(len(h), width)
+        if n:
+            out[b, width - n :] = np.asarray(h)[len(h) - n :]
+    return out
 
 
 def ragged_positions(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,16 +14,13 @@ from typing import Any
 
 _EXPORTS = {
     "DEFAULT_FRAME_SIZE": "pipeline",
-    "ITEM_TEXT_RECIPE": "pipeline",
     "ExtractError": "pipeline",
     "ExtractReport": "pipeline",
     "default_frame_size": "pipeline",
     "cpu_count": "pipeline",
     "default_workers": "pipeline",
     "extract": "pipeline",
-    "item_text": "pipeline",
     "load_catalog": "pipeline",
-    "pipeline_fingerprint_fields": "pipeline",
     "describe_store": "storeinfo",
     "format_store_info": "storeinfo",
 }

@@ -30,9 +30,11 @@ Why the pieces look like this:
 * **Failures.** Reasons carry their stage (``decode:``, ``backbone:``, ``text:``). Decode failures
   depend on the file only, so a resumed run does not decode them again (``retry_failed`` forces it);
   backbone failures may be transient (memory) and are always retried.
-* **Fingerprint.** The store is keyed by the backbone's fingerprint fields with ``sampler`` set to the
-  sampler this run actually uses (T, size, mode, sampler version) and ``item_text`` naming the catalog
-  fields that fed the text input: another T or size cannot append to the same store.
+* **Fingerprint and inputs.** An `~linkedout.backbones.extractor.Extractor` (backbone + sampler) builds
+  every item's input and the store's key: the backbone's fingerprint fields with ``sampler`` set to the
+  sampler this run actually uses and ``item_text`` naming the catalog fields that fed the text input
+  (another T or size cannot append to the same store). The same object builds inputs for items added
+  to a running server, and the store records its `ExtractorSpec` so the server can rebuild it.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from typing import Any, Literal
 import psutil
 
 from linkedout.backbones.base import Backbone, ItemInput, ItemTokens
+from linkedout.backbones.extractor import Extractor, needs_frames
 from linkedout.data.catalog import Catalog, CatalogItem
 from linkedout.extract.decode_worker import decode_clip, exit_with_parent
 from linkedout.store import FeatureStore
@@ -61,16 +64,13 @@ from linkedout.video import DecodedClip, DecodeFailure, FrameSampler
 
 __all__ = [
     "DEFAULT_FRAME_SIZE",
-    "ITEM_TEXT_RECIPE",
     "ExtractError",
     "ExtractReport",
     "cpu_count",
     "default_frame_size",
     "default_workers",
     "extract",
-    "item_text",
     "load_catalog",
-    "pipeline_fingerprint_fields",
 ]
 
 Parallel = Literal["threads", "processes"]
@@ -79,7 +79,6 @@ Parallel = Literal["threads", "processes"]
 # crops 224: decoding straight to 256 makes its own resize a no-op. Video-LLM processors resize to
 # ~384-448 themselves; 448 keeps what they need while a 1080p clip's 8 frames stay ~9 MB, not 50.
 DEFAULT_FRAME_SIZE: dict[str, int | None] = {"frames": 256, "vllm": 448}
-ITEM_TEXT_RECIPE = "catalog title + '\\n' + text (missing parts left out)"
 
 # A systematic backbone problem (wrong device, out of memory on every item) must stop the run rather
 # than mark the whole catalog as failed: stop after this many failed items in a row with no success.
@@ -181,23 +180,6 @@ def load_catalog(spec: str | os.PathLike[str]) -> Catalog:
     raise FileNotFoundError(f"catalog not found: {path} (a folder of videos, a manifest, or samples:<tier>)")
 
 
-def item_text(item: CatalogItem) -> str | None:
-    """The text an item brings (title, then aux text); None when it has neither."""
-    parts = [p.strip() for p in (item.title, item.text) if p and p.strip()]
-    return "\n".join(parts) if parts else None
-
-
-def _needs_frames(backbone: Backbone) -> bool:
-    # The text backbone reads ItemInput.text only; anything else (frames, Video-LLMs) needs frames.
-    return bool(getattr(backbone, "needs_frames", backbone.name != "text"))
-
-
-def _uses_text(backbone: Backbone) -> bool:
-    # The frames backbone ignores ItemInput.text; recording a recipe it never reads would make two
-    # stores of identical tokens look different.
-    return bool(getattr(backbone, "uses_text", backbone.name != "frames"))
-
-
 def default_frame_size(backbone: Backbone | str) -> int | None:
     """Short side frames are decoded at for a backbone (or backbone name); see `DEFAULT_FRAME_SIZE`."""
     name = backbone if isinstance(backbone, str) else backbone.name
@@ -245,16 +227,6 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def pipeline_fingerprint_fields(backbone: Backbone, sampler: FrameSampler | None) -> dict[str, Any]:
-    """The backbone's fingerprint fields, with the inputs this pipeline feeds it made explicit."""
-    fields = dict(backbone.fingerprint_fields())
-    # Authoritative: the sampler actually used, even if the backbone was built with another dict.
-    fields["sampler"] = sampler.fingerprint() if sampler is not None else None
-    if _uses_text(backbone):
-        fields["item_text"] = ITEM_TEXT_RECIPE
-    return fields
 
 
 # --------------------------------------------------------------------------------------------------
@@ -525,7 +497,7 @@ def extract(
     if parallel not in ("threads", "processes"):
         raise ValueError(f"parallel must be 'threads' or 'processes', not {parallel!r}")
     items = list(catalog)[: limit if limit is not None else None]
-    video = _needs_frames(backbone)
+    video = needs_frames(backbone)
     if video and sampler is None:
         if frames < 1:
             raise ValueError("frames must be >= 1")
@@ -536,13 +508,16 @@ def extract(
     n_threads = torch_threads
     n_prefetch = max(1, prefetch if prefetch is not None else 2 * batch_size)
 
+    extractor = Extractor(backbone, sampler)
+    spec = extractor.spec()
     store = FeatureStore.open_or_create(
         store_path,
-        pipeline_fingerprint_fields(backbone, sampler),
+        extractor.fingerprint_fields(),
         backbone.layers,
         backbone.token_kinds,
         backbone.dim,
         layer_names=getattr(backbone, "layer_names", None),
+        extractor=spec.to_json() if spec is not None else None,
     )
     done = store.done_ids()
     skip_failed: set[str] = set()
@@ -621,30 +596,18 @@ def extract(
                 reason = f"decode: {decoded.reason}"
                 pending_failures[item.id] = reason
                 bar.failed(item.id, reason)
-            elif decoded is None:  # text backbone
-                text = item_text(item)
-                if text is None:
+            else:
+                if decoded is not None and decoded.warnings:
+                    report.warnings[item.id] = list(decoded.warnings)
+                given = extractor.item_input(
+                    item.id, decoded, title=item.title, text=item.text, path=item.path
+                )
+                if decoded is None and given.text is None:  # text backbone, nothing to read
                     reason = "text: item has no title or text"
                     pending_failures[item.id] = reason
                     bar.failed(item.id, reason)
                 else:
-                    batch.append(ItemInput(item.id, text=text))
-            else:
-                if decoded.warnings:
-                    report.warnings[item.id] = list(decoded.warnings)
-                batch.append(
-                    ItemInput(
-                        item.id,
-                        frames=decoded.frames,
-                        text=item_text(item),
-                        meta={
-                            "timestamps": decoded.timestamps,
-                            "duration": decoded.duration,
-                            "fps": decoded.fps,
-                            "path": item.path,
-                        },
-                    )
-                )
+                    batch.append(given)
             # A full batch goes to the backbone; so does a partial one when the next clip is still
             # decoding: the backbone would otherwise idle (on the first batch, for a whole batch's
             # decode). Failures are written with batches, or alone when many pile up.

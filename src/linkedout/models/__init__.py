@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 
-from linkedout.models.base import Recommender, TrainBatch
+from linkedout.models.base import ItemEncoder, Recommender, TrainBatch
 
 MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean")
 
@@ -35,17 +36,40 @@ class ModelConfig:
     top_k: int | None = None  # linkedout: keep only the top-k layers per item
     balance: float = 0.0  # linkedout: load-balancing weight
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict: what run.json and bundle.json store."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """The config saved by `to_dict`. A key this version does not know is an error rather than
+        ignored: it would be an architecture setting that silently stopped applying."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"model config has settings this version of linkedout does not know: {unknown} "
+                "(saved by a newer version?)"
+            )
+        return cls(**data)
+
 
 ITEM_ENCODERS = ("id", "last", "mean", "dff", "linkedout", "caption")
 
 
 def build_item_encoder(
-    config: ModelConfig, n_items: int, features=None, train_counts=None
-) -> torch.nn.Module:
-    """The item side named by ``config.item_encoder``; content encoders need ``features`` (ItemFeatures)."""
-    from linkedout.models.item_encoders import CaptionEncoder, DFFEncoder, LastLayerEncoder, MeanLayersEncoder
+    config: ModelConfig, n_items: int, features=None, train_counts=None, *, content_only: bool = False
+) -> ItemEncoder:
+    """The item side named by ``config.item_encoder``; content encoders need ``features`` (ItemFeatures).
+    ``content_only`` leaves out the ID fusion (DFF's included): what encodes a new item at serving time."""
+    from linkedout.models.item_encoders import (
+        CaptionEncoder,
+        DFFEncoder,
+        IdItemEncoder,
+        LastLayerEncoder,
+        MeanLayersEncoder,
+    )
     from linkedout.models.linkedout import LinkedOutEncoder
-    from linkedout.models.sequential import IdItemEncoder
 
     name = config.item_encoder
     if name == "id":
@@ -57,13 +81,13 @@ def build_item_encoder(
     if features.tokens.shape[0] != n_items:
         raise ValueError(f"features cover {features.tokens.shape[0]} items, the dataset has {n_items}")
     known = torch.as_tensor(train_counts > 0) if train_counts is not None else None
-    kw = {"id_fusion": config.id_fusion, "known": known, "id_dropout": config.id_dropout}
+    fuse = (config.id_fusion or name == "dff") and not content_only  # DFF always fuses when trained
+    kw = {"id_fusion": fuse, "known": known, "id_dropout": config.id_dropout}
     if name == "last":
         return LastLayerEncoder(features, config.dim, **kw)
     if name == "mean":
         return MeanLayersEncoder(features, config.dim, **kw)
     if name == "dff":
-        kw["id_fusion"] = True
         return DFFEncoder(features, config.dim, **kw)
     if name == "caption":
         return CaptionEncoder(features, config.dim, **kw)
@@ -103,13 +127,32 @@ def build_model(
                 raise ValueError("logq correction needs the training item counts")
             p = (train_counts + 1.0) / (train_counts + 1.0).sum()
             logq = torch.as_tensor(np.log(p), dtype=torch.float32)
-        user = build_user_encoder(
-            config.name, config.dim, max_len, blocks=config.blocks, heads=config.heads, dropout=config.dropout
-        )
+        user = build_user_encoder(config, max_len)
         items = build_item_encoder(config, n_items, features, train_counts)
         trained = torch.as_tensor(train_counts > 0) if train_counts is not None else None
         return SequentialRecommender(items, user, loss=config.loss, logq=logq, trained_items=trained)
     raise ValueError(f"unknown model {config.name!r}; choose one of {MODELS}")
 
 
-__all__ = ["ITEM_ENCODERS", "MODELS", "ModelConfig", "Recommender", "TrainBatch", "build_model"]
+def build_content_encoder(
+    config: ModelConfig, feature_shape: tuple[int, int, int], token_kinds: tuple[str, ...], layer_names
+) -> ItemEncoder:
+    """An untrained content-only encoder for LayerTokens of ``feature_shape`` ``(L, S, D)``, to load a
+    bundle's content weights into (no catalogue: it encodes tokens it is given)."""
+    from linkedout.models.features import ItemFeatures
+
+    placeholder = ItemFeatures.placeholder(feature_shape, token_kinds, layer_names)
+    return build_item_encoder(config, 1, placeholder, None, content_only=True)
+
+
+__all__ = [
+    "ITEM_ENCODERS",
+    "MODELS",
+    "ItemEncoder",
+    "ModelConfig",
+    "Recommender",
+    "TrainBatch",
+    "build_content_encoder",
+    "build_item_encoder",
+    "build_model",
+]

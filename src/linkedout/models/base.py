@@ -1,15 +1,24 @@
-"""The `Recommender` contract every model follows.
+"""The contracts every model follows: `ItemEncoder` (item -> vector) and `Recommender` (history -> scores).
 
+`Recommender`:
 - ``score_all_items(history)`` -> ``[B, n_items]`` scores for LEFT-padded histories ``[B, L]``
   (item indices, PAD = -1, most recent last). Higher is better. Evaluation and serving call only this.
 - ``loss(batch)`` -> scalar for a `TrainBatch` of next-item windows (gradient-trained models).
 - ``fit(split)`` closed-form models (popularity, item-kNN) compute themselves from the training events;
   gradient-trained models return without doing anything there and learn through ``loss``.
+- ``layer_weights(items)`` / ``layer_names``: which depth of knowledge each item leaned on (None / ()
+  for models without layers), what explanations and the bundle read.
+
+`ItemEncoder` is what every user encoder, the trainer, the explainer, the export and the server see of
+the item side; nothing outside an encoder probes it for attributes. Content encoders (those that can
+encode an item from its stored `LayerTokens` alone, i.e. serve a cold item) say so with
+``encodes_content`` and implement the ``content_*`` methods.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,6 +33,78 @@ class TrainBatch:
         return TrainBatch(self.inputs.to(device), self.targets.to(device))
 
 
+class Encoded(NamedTuple):
+    """Item vectors plus the encoder's auxiliary training loss for computing them (e.g. LinkedOut's
+    MoE load balancing), None when it has none. Returned, not stashed on the module, so a loss term
+    can only reach the loss of the step that computed it."""
+
+    vectors: torch.Tensor  # [N, dim]
+    aux_loss: torch.Tensor | None = None
+
+
+def add_aux(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Sum of two optional auxiliary losses."""
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+class ItemEncoder(nn.Module):
+    """Item indices -> vectors ``[..., dim]``. Subclasses implement `encode` (and `encode_all` when the
+    whole catalogue has a cheaper path than encoding every index)."""
+
+    n_items: int
+    dim: int
+    #: True when `content_vectors` can encode an item from its LayerTokens alone (no ID needed)
+    encodes_content: bool = False
+
+    # ------------------------------------------------------------------ every encoder
+    def encode(self, items: torch.Tensor) -> Encoded:
+        """Vectors of ``items`` (any shape of indices -> that shape + ``[dim]``) and the aux loss."""
+        raise NotImplementedError
+
+    def encode_all(self) -> Encoded:
+        """The whole catalogue ``[n_items, dim]`` and the aux loss of computing it."""
+        return self.encode(torch.arange(self.n_items))
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.encode(items).vectors
+
+    def all_items(self) -> torch.Tensor:
+        return self.encode_all().vectors
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """Names of the backbone layers the encoder reads (empty: no layers, e.g. ID-only)."""
+        return ()
+
+    @property
+    def token_kinds(self) -> tuple[str, ...]:
+        return ()
+
+    def layer_weights(self, items: torch.Tensor) -> torch.Tensor | None:
+        """``[N, L]`` weights over layers for ``items`` (rows sum to 1), None without layers."""
+        return None
+
+    # ------------------------------------------------------------------ content encoders (cold start)
+    @property
+    def feature_shape(self) -> tuple[int, int, int] | None:
+        """``(L, S, D)`` of the LayerTokens `content_vectors` takes; None for ID-only encoders."""
+        return None
+
+    def content_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw LayerTokens ``[N, L, S, D]`` float32 -> ``[N, dim]`` from content alone."""
+        raise TypeError(f"{type(self).__name__} cannot encode items from content (ID-only)")
+
+    def content_layer_weights(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """``[N, L]`` layer weights of items given by raw LayerTokens (None without layers)."""
+        return None
+
+    def content_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights `content_vectors` needs (no ID table): what a bundle keeps to encode new items."""
+        raise TypeError(f"{type(self).__name__} cannot encode items from content (ID-only)")
+
+
 class Recommender(nn.Module):
     trainable: bool = True
     n_items: int
@@ -36,3 +117,11 @@ class Recommender(nn.Module):
 
     def score_all_items(self, history: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return ()
+
+    def layer_weights(self, items: torch.Tensor) -> torch.Tensor | None:
+        """``[N, L]`` layer weights of ``items`` for explanations, None when the model has no layers."""
+        return None

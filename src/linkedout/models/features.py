@@ -49,6 +49,20 @@ class ItemFeatures:
         )
 
     @classmethod
+    def placeholder(
+        cls, shape: tuple[int, int, int], token_kinds: tuple[str, ...], layer_names
+    ) -> ItemFeatures:
+        """One all-zero item of ``shape`` ``(L, S, D)``: builds an encoder that will encode tokens it
+        is given (a bundle's content encoder) rather than a stored catalogue."""
+        n_layers, n_tokens, dim = (int(x) for x in shape)
+        return cls(
+            torch.zeros(1, n_layers, n_tokens, dim, dtype=torch.float16),
+            torch.ones(1, dtype=torch.bool),
+            tuple(token_kinds),
+            tuple(layer_names),
+        )
+
+    @classmethod
     def from_store(cls, path: str | Path, item_ids: np.ndarray) -> ItemFeatures:
         """Align the store's rows to ``item_ids`` (raw ids of the dataset, compared as strings)."""
         from linkedout.store import FeatureStore

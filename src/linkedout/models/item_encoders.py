@@ -1,7 +1,7 @@
-"""Item encoders: item index -> vector. One interface (``forward(items)``, ``all_items()``, ``n_items``,
-``dim``) so every user encoder works with every item encoder.
+"""Item encoders: item index -> vector. One interface (`linkedout.models.base.ItemEncoder`) so every
+user encoder works with every item encoder, and explanations, export and serving ask nothing else.
 
-- ``id``: a learned embedding per item (in sequential.py, the classic table).
+- ``id``: a learned embedding per item (the classic table).
 - ``last`` / ``mean``: the last layer's, or the mean of all layers', stored tokens through a projection.
 - ``dff``: DFF (arXiv 2512.21863): one global softmax weight per layer, ``v = ReLU(W h)``, and a sigmoid
   gate with the ID embedding ``e``: ``item = g * e + (1 - g) * v``, ``g = sigmoid(W_g [e; v])``.
@@ -20,9 +20,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from linkedout.models.base import Encoded, ItemEncoder, add_aux
 from linkedout.models.features import ItemFeatures
 
 PREPARED_FP32_BYTES = 1 << 30  # above this, prepared tokens stay float16 (half the memory)
+
+
+class IdItemEncoder(ItemEncoder):
+    """One learned vector per item: the classic ID-only embedding table."""
+
+    def __init__(self, n_items: int, dim: int) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.dim = dim
+        self.embedding = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.embedding.weight, std=dim**-0.5)
+
+    def encode(self, items: torch.Tensor) -> Encoded:
+        return Encoded(self.embedding(items))
+
+    def encode_all(self) -> Encoded:
+        return Encoded(self.embedding.weight)
 
 
 class IdFusionGate(nn.Module):
@@ -47,8 +65,13 @@ class IdFusionGate(nn.Module):
         return g * e + (1 - g) * content, g.mean(-1)
 
 
-class FeatureItemEncoder(nn.Module):
-    """Base of the content encoders: gathers stored tokens, encodes them, optionally fuses the ID."""
+class FeatureItemEncoder(ItemEncoder):
+    """Base of the content encoders: gathers stored tokens, encodes them, optionally fuses the ID.
+
+    Subclasses implement `content_prepared`, or `content_aux` when they add a training loss term (each
+    defaults to the other), and `prepare` when part of their first step has no parameters."""
+
+    encodes_content = True
 
     def __init__(
         self,
@@ -63,8 +86,9 @@ class FeatureItemEncoder(nn.Module):
         super().__init__()
         self.n_items = features.tokens.shape[0]
         self.dim = dim
-        self.layer_names = features.layer_names
-        self.token_kinds = features.token_kinds
+        self._layer_names = tuple(features.layer_names)
+        self._token_kinds = tuple(features.token_kinds)
+        self._feature_shape = features.shape
         self.register_buffer("present", features.present, persistent=False)
         self.chunk = chunk
         # What `content_prepared` reads: `prepare`'s parameter-free work done once for the catalogue
@@ -77,17 +101,36 @@ class FeatureItemEncoder(nn.Module):
             known = known if known is not None else torch.ones(self.n_items, dtype=torch.bool)
             self.fusion = IdFusionGate(self.n_items, dim, known, id_dropout)
 
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return self._layer_names
+
+    @property
+    def token_kinds(self) -> tuple[str, ...]:
+        return self._token_kinds
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        return self._feature_shape
+
     def prepare(self, tokens: torch.Tensor) -> torch.Tensor:
         """Parameter-free preprocessing of raw tokens ``[N, L, S, D]`` float32 (identity here)."""
         return tokens
 
     def content_prepared(self, prepared: torch.Tensor) -> torch.Tensor:
         """``prepare``'d tokens ``[N, L, S, D]`` float32 -> ``[N, dim]``."""
-        raise NotImplementedError
+        return self.content_aux(prepared).vectors
 
-    def content(self, tokens: torch.Tensor) -> torch.Tensor:
+    def content_aux(self, prepared: torch.Tensor) -> Encoded:
+        """`content_prepared` plus the auxiliary loss of computing it (none by default)."""
+        return Encoded(self.content_prepared(prepared))
+
+    def content_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
         """Raw LayerTokens ``[N, L, S, D]`` float32 -> ``[N, dim]`` (e.g. a new item at serving time)."""
         return self.content_prepared(self.prepare(tokens))
+
+    def content_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("fusion.")}
 
     def _prepare_all(self, tokens: torch.Tensor) -> torch.Tensor:
         dtype = torch.float32 if self._prepared_fp32 else torch.float16
@@ -99,21 +142,26 @@ class FeatureItemEncoder(nn.Module):
         """The prepared tokens of ``items``, float32."""
         return self.prepared[items].float()
 
-    def encode_items(self, items: torch.Tensor) -> torch.Tensor:
-        v = self.content_prepared(self.gather(items))
+    def encode_items(self, items: torch.Tensor) -> Encoded:
+        """Vectors of distinct ``items`` (1-D)."""
+        v, aux = self.content_aux(self.gather(items))
         if self.fusion is not None:
             v, _ = self.fusion(items, v)
-        return v
+        return Encoded(v, aux)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor) -> Encoded:
         unique, inverse = torch.unique(items, return_inverse=True)
-        return self.encode_items(unique)[inverse]
+        v, aux = self.encode_items(unique)
+        return Encoded(v[inverse], aux)
 
-    def all_items(self) -> torch.Tensor:
+    def encode_all(self) -> Encoded:
         idx = torch.arange(self.n_items, device=self.prepared.device)
-        return torch.cat(
-            [self.encode_items(idx[i : i + self.chunk]) for i in range(0, self.n_items, self.chunk)]
-        )
+        vectors, aux = [], None
+        for i in range(0, self.n_items, self.chunk):
+            v, a = self.encode_items(idx[i : i + self.chunk])
+            vectors.append(v)
+            aux = add_aux(aux, a)
+        return Encoded(torch.cat(vectors), aux)
 
     def id_gate(self, items: torch.Tensor) -> torch.Tensor | None:
         """Mean ID-gate value per item (1 = leans on the ID, 0 = on content); None without fusion."""
@@ -163,12 +211,21 @@ class DFFEncoder(FeatureItemEncoder):
         self.layer_norm = nn.LayerNorm(d)
         self.proj = nn.Sequential(nn.Linear(d, dim), nn.ReLU())
 
-    def layer_weights(self) -> torch.Tensor:
+    def global_layer_weights(self) -> torch.Tensor:
+        """The one softmax over layers every item shares ``[L]``."""
         return torch.softmax(self.layer_logits, 0)
+
+    @torch.no_grad()
+    def layer_weights(self, items: torch.Tensor) -> torch.Tensor:
+        return self.global_layer_weights()[None].expand(len(items), -1)
+
+    @torch.no_grad()
+    def content_layer_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.global_layer_weights()[None].expand(len(tokens), -1)
 
     def content_prepared(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.layer_norm(tokens.mean(2))  # [N, L, D]
-        return self.proj((h * self.layer_weights()[None, :, None]).sum(1))
+        return self.proj((h * self.global_layer_weights()[None, :, None]).sum(1))
 
 
 class CaptionEncoder(FeatureItemEncoder):

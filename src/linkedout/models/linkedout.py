@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linkedout.models.base import Encoded
 from linkedout.models.features import ItemFeatures
 from linkedout.models.item_encoders import FeatureItemEncoder
 
@@ -162,7 +163,6 @@ class LinkedOutEncoder(FeatureItemEncoder):
         self.experts = nn.ModuleList(experts)
         self.fuser = CrossLayerMoEFuser(n_layers, dim, temperature, top_k)
         self.balance = balance
-        self._aux: list[torch.Tensor] = []
 
     def prepare(self, tokens: torch.Tensor) -> torch.Tensor:
         return standardise(tokens)  # every expert starts with a LayerNorm: its parameter-free half, once
@@ -174,22 +174,20 @@ class LinkedOutEncoder(FeatureItemEncoder):
     def _layer_vectors(self, xhat: torch.Tensor) -> torch.Tensor:
         return torch.stack([e.forward_normalised(xhat[:, i]) for i, e in enumerate(self.experts)], dim=1)
 
-    def content_prepared(self, xhat: torch.Tensor) -> torch.Tensor:
+    def content_aux(self, xhat: torch.Tensor) -> Encoded:
         fused, w = self.fuser(self._layer_vectors(xhat))
+        aux = None
         if self.training and self.balance > 0:
             importance = w.mean(0)
-            self._aux.append(self.balance * len(importance) * (importance**2).sum())
-        return fused
-
-    def pop_aux_loss(self) -> torch.Tensor | None:
-        """The load-balancing terms gathered since the last call (added to the loss by the recommender)."""
-        if not self._aux:
-            return None
-        total = torch.stack(self._aux).sum()
-        self._aux = []
-        return total
+            aux = self.balance * len(importance) * (importance**2).sum()
+        return Encoded(fused, aux)
 
     @torch.no_grad()
-    def gate_weights(self, items: torch.Tensor) -> torch.Tensor:
+    def layer_weights(self, items: torch.Tensor) -> torch.Tensor:
         """Per item, the fuser's weights over layers ``[N, L]``: which depth it leaned on."""
         return self.fuser.weights(self._layer_vectors(self.gather(items)))
+
+    @torch.no_grad()
+    def content_layer_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The gate of items given by raw LayerTokens (a new item at serving time)."""
+        return self.fuser.weights(self.layer_vectors(tokens))

@@ -15,34 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from linkedout.data.batches import PAD
-from linkedout.models.base import Recommender, TrainBatch
+from linkedout.models.base import ItemEncoder, Recommender, TrainBatch, add_aux
 
 NEG_INF = float("-inf")
 IGNORE = -100  # a target column cross_entropy skips
 ROW_BUCKET = 128  # training softmax rows are padded to a multiple of this
 
 
-class IdItemEncoder(nn.Module):
-    """One learned vector per item: the classic ID-only embedding table."""
-
-    def __init__(self, n_items: int, dim: int) -> None:
-        super().__init__()
-        self.n_items = n_items
-        self.dim = dim
-        self.embedding = nn.Embedding(n_items, dim)
-        nn.init.normal_(self.embedding.weight, std=dim**-0.5)
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.embedding(items)
-
-    def all_items(self) -> torch.Tensor:
-        return self.embedding.weight
-
-
 class SequentialRecommender(Recommender):
     def __init__(
         self,
-        item_encoder: nn.Module,
+        item_encoder: ItemEncoder,
         user_encoder: nn.Module,
         loss: str = "ce",
         logq: torch.Tensor | None = None,
@@ -71,13 +54,28 @@ class SequentialRecommender(Recommender):
         column[softmax_items] = torch.arange(len(softmax_items))
         self.register_buffer("softmax_column", column, persistent=False)
 
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return self.item_encoder.layer_names
+
+    def layer_weights(self, items: torch.Tensor) -> torch.Tensor | None:
+        return self.item_encoder.layer_weights(items)
+
     def encode_history(self, history: torch.Tensor, item_matrix: torch.Tensor | None = None) -> torch.Tensor:
         """User states at every position; with ``item_matrix`` (all item vectors, already computed for
         the scores) the history's vectors are gathered from it instead of encoded a second time."""
+        return self._encode_history(history, item_matrix)[0]
+
+    def _encode_history(
+        self, history: torch.Tensor, item_matrix: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         valid = history != PAD
         items = history.clamp(min=0)
-        x = item_matrix[items] if item_matrix is not None else self.item_encoder(items)
-        return self.user_encoder(x * valid[..., None], valid)
+        if item_matrix is not None:
+            x, aux = item_matrix[items], None
+        else:
+            x, aux = self.item_encoder.encode(items)
+        return self.user_encoder(x * valid[..., None], valid), aux
 
     def item_matrix(self) -> torch.Tensor:
         """All item vectors ``[n_items, D]``; computed once per evaluation (cached while not training)."""
@@ -102,7 +100,7 @@ class SequentialRecommender(Recommender):
         if self.loss_name == "ce":
             # full softmax needs every item vector anyway: encode the catalogue once per step and
             # gather the history from it (a content encoder's cost is the catalogue, not the batch)
-            matrix = self.item_encoder.all_items()
+            matrix, aux = self.item_encoder.encode_all()
             states = self.encode_history(batch.inputs, matrix)[valid]
             # Round the row count up with ignored rows: the number of valid positions changes every
             # step, and under bf16 autocast oneDNN keeps a compiled matmul per shape (its primitive
@@ -112,9 +110,9 @@ class SequentialRecommender(Recommender):
             columns = F.pad(self.softmax_column[targets], (0, pad), value=IGNORE)
             loss = F.cross_entropy(self.softmax_logits(states, matrix), columns, ignore_index=IGNORE)
         else:
-            states = self.encode_history(batch.inputs)[valid]
-            loss = self._in_batch_loss(states, targets, batch, valid)
-        aux = getattr(self.item_encoder, "pop_aux_loss", lambda: None)()
+            states, aux = self._encode_history(batch.inputs)
+            loss, aux_candidates = self._in_batch_loss(states[valid], targets, batch, valid)
+            aux = add_aux(aux, aux_candidates)
         return loss if aux is None else loss + aux
 
     def softmax_logits(self, states: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -131,9 +129,10 @@ class SequentialRecommender(Recommender):
 
     def _in_batch_loss(
         self, states: torch.Tensor, targets: torch.Tensor, batch: TrainBatch, valid: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         candidates, target_col = torch.unique(targets, return_inverse=True)
-        logits = states @ self.item_encoder(candidates).T - self.logq[candidates][None, :]
+        vectors, aux = self.item_encoder.encode(candidates)
+        logits = states @ vectors.T - self.logq[candidates][None, :]
         # items in the row user's own window are not negatives for that user (only its target counts)
         window = torch.cat([batch.inputs, batch.targets[:, -1:]], dim=1)
         col = torch.searchsorted(candidates, window.clamp(min=0)).clamp(max=len(candidates) - 1)
@@ -145,4 +144,4 @@ class SequentialRecommender(Recommender):
         row = torch.arange(window.shape[0], device=window.device)[:, None].expand_as(batch.inputs)[valid]
         mask = seen[row]
         mask[torch.arange(len(targets), device=mask.device), target_col] = False
-        return F.cross_entropy(logits.masked_fill(mask, NEG_INF), target_col)
+        return F.cross_entropy(logits.masked_fill(mask, NEG_INF), target_col), aux

@@ -7,10 +7,15 @@ and return ``[B, L, D]``; position t only sees positions <= t, so training can u
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from linkedout.models import ModelConfig
 
 
 class ByteDropout(nn.Module):
@@ -155,13 +160,13 @@ class MeanPooling(nn.Module):
         return self.proj(running) * v
 
 
-def build_user_encoder(name: str, dim: int, max_len: int, **kw) -> nn.Module:
+def build_user_encoder(config: ModelConfig, max_len: int) -> nn.Module:
+    """The user encoder ``config.name`` names, sized by the config (the one place that reads it)."""
+    name = config.name
     if name == "sasrec":
-        return SASRec(
-            dim, max_len, blocks=kw.get("blocks", 2), heads=kw.get("heads", 2), dropout=kw.get("dropout", 0.2)
-        )
+        return SASRec(config.dim, max_len, blocks=config.blocks, heads=config.heads, dropout=config.dropout)
     if name == "gru4rec":
-        return GRU4Rec(dim, layers=kw.get("blocks", 1), dropout=kw.get("dropout", 0.2))
+        return GRU4Rec(config.dim, layers=config.blocks, dropout=config.dropout)
     if name == "mean":
-        return MeanPooling(dim)
+        return MeanPooling(config.dim)
     raise ValueError(f"unknown user encoder {name!r} (sasrec, gru4rec, mean)")

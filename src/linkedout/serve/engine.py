@@ -29,10 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from linkedout.backbones.extractor import Extractor
+from linkedout.data.batches import PAD, left_pad
+from linkedout.explain import occlusions
+from linkedout.models import ItemEncoder
 from linkedout.serve.bundle import Bundle, BundleError
 from linkedout.serve.index import make_index
-
-PAD = -1
+from linkedout.video import frame_jpeg
 
 
 @dataclass
@@ -53,8 +56,9 @@ class RecResult:
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, index: str = "exact", **index_kw: Any) -> None:
+    def __init__(self, bundle: Bundle, index: str = "exact", device: str = "cpu", **index_kw: Any) -> None:
         self.bundle = bundle
+        self.device = device  # where a rebuilt extractor runs (new videos)
         self.max_len = bundle.max_len
         self.user_encoder = bundle.user_encoder()
         self.index = make_index(bundle.item_matrix, bundle.blocked, index, **index_kw)
@@ -65,8 +69,8 @@ class Engine:
         self.base_layer_weights = bundle.layer_weights
         self.added_layer_weights: dict[int, list[float]] = {}
         self.added_source: dict[int, str] = {}
-        self._item_encoder: torch.nn.Module | None = None
-        self._backbone: Any = None
+        self._item_encoder: ItemEncoder | None = None
+        self._extractor: Extractor | None = None
         self._add_lock = threading.Lock()
 
     @property
@@ -78,11 +82,7 @@ class Engine:
     def user_vectors(self, histories: list[np.ndarray]) -> torch.Tensor:
         """Left-padded to the longest history of the batch (positions count from the right, so the
         padding width does not change a SASRec user vector) -> ``[B, D]``."""
-        length = max(1, max(len(h) for h in histories))  # occluding a 1-item history leaves it empty
-        rows = torch.full((len(histories), length), PAD, dtype=torch.long)
-        for b, h in enumerate(histories):
-            if len(h):
-                rows[b, length - len(h) :] = torch.as_tensor(h, dtype=torch.long)
+        rows = torch.from_numpy(left_pad(histories))  # >= 1 column: occluding a 1-item history empties it
         valid = rows != PAD
         x = self.index.vectors(rows.clamp(min=0)) * valid[..., None]
         return self.user_encoder(x, valid)[:, -1]
@@ -111,7 +111,7 @@ class Engine:
             h, window = requests[b].history, requests[b].explain_window
             first = 0 if window is None else max(0, len(h) - window)
             start = len(variants)
-            variants += [np.delete(h, t) for t in range(first, len(h))]
+            variants += occlusions(h, first)
             spans.append((start, len(variants)))
         occluded = self.user_vectors(variants)  # one forward for every variant of every request
         for b, (start, end) in zip(which, spans, strict=True):
@@ -135,7 +135,7 @@ class Engine:
 
     # ------------------------------------------------------------------ new items (cold start)
     @property
-    def item_encoder(self) -> torch.nn.Module:
+    def item_encoder(self) -> ItemEncoder:
         if self._item_encoder is None:
             self._item_encoder = self.bundle.item_encoder()
         return self._item_encoder
@@ -152,51 +152,34 @@ class Engine:
         t = torch.as_tensor(np.asarray(tokens, dtype=np.float16)).float()[None]
         if not torch.isfinite(t).all():
             raise BundleError("tokens contain NaN or infinity (or values beyond float16 range)")
-        vector = enc.content(t)[0]
-        weights = None
-        if hasattr(enc, "fuser"):  # LinkedOut: the item's own gate
-            weights = enc.fuser.weights(enc.layer_vectors(t))[0].tolist()
-        elif hasattr(enc, "layer_weights"):  # DFF: one global softmax
-            weights = enc.layer_weights().tolist()
-        return vector, weights
+        weights = enc.content_layer_weights(t)
+        return enc.content_vectors(t)[0], weights[0].tolist() if weights is not None else None
 
-    def backbone(self) -> tuple[Any, Any]:
-        """The bundle's extractor, rebuilt and checked against the bundle's fingerprint."""
-        if self._backbone is None:
-            spec = self.bundle.meta.get("backbone")
-            if not spec:
+    def extractor(self) -> Extractor:
+        """The bundle's extractor, rebuilt from the spec its feature store recorded and checked against
+        the whole pipeline fingerprint (backbone, sampler, input recipe) of the bundle's features."""
+        if self._extractor is None:
+            spec = self.bundle.extractor_spec
+            if spec is None:
                 raise BundleError(
-                    "this bundle records no backbone the server can rebuild; send the item's LayerTokens"
+                    "this bundle records no extractor the server can rebuild (its feature store predates "
+                    "the recorded spec, or its backbone was not built by name); send the item's LayerTokens"
                 )
-            from linkedout.backbones import fingerprint, get_backbone
-            from linkedout.video import FrameSampler
-
-            bb = get_backbone(spec["name"], **spec["options"])
-            got = fingerprint(bb.fingerprint_fields())
+            extractor = Extractor.from_spec(spec, device=self.device)
+            got = extractor.fingerprint()
             if got != self.bundle.fingerprint:
                 raise BundleError(
-                    f"the rebuilt backbone has fingerprint {got}, the bundle's features "
+                    f"the rebuilt extractor has fingerprint {got}, the bundle's features "
                     f"{self.bundle.fingerprint}: refusing to mix features of two extractors"
                 )
-            self._backbone = (bb, FrameSampler(**spec["sampler"]))
-        return self._backbone
+            self._extractor = extractor
+        return self._extractor
 
-    def extract_video(self, item_id: str, path: str) -> tuple[np.ndarray, bytes]:
-        """(LayerTokens, thumbnail JPEG) of a local clip, with the bundle's backbone."""
-        import io
-
-        from PIL import Image
-
-        from linkedout.backbones import ItemInput
-
-        bb, sampler = self.backbone()
-        clip = sampler(path)
-        tokens = bb.encode([ItemInput(item_id, frames=clip.frames)])[0].tokens
-        frame = Image.fromarray(clip.frames[len(clip.frames) // 2])
-        frame.thumbnail((4 * 128, 128))
-        buf = io.BytesIO()
-        frame.save(buf, format="JPEG", quality=80)
-        return np.asarray(tokens), buf.getvalue()
+    def extract_video(self, item_id: str, path: str, title: str | None = None) -> tuple[np.ndarray, bytes]:
+        """(LayerTokens, thumbnail JPEG) of a local clip, built exactly as `linkedout extract` builds
+        the item's input (same `Extractor`)."""
+        tokens, clip = self.extractor().extract_one(item_id, path, title=title)
+        return np.asarray(tokens.tokens), frame_jpeg(clip.frames[len(clip.frames) // 2])
 
     def add_item(
         self,

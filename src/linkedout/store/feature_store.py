@@ -26,7 +26,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,10 @@ class StoreMeta:
     dim: int
     dtype: str = DTYPE
     created: str = ""
+    # How to build the extractor again (`linkedout.backbones.extractor.ExtractorSpec.to_json()`), as
+    # recorded at extraction time; None for stores written before it was recorded, or by a backbone
+    # not built through `get_backbone`. Not part of the fingerprint: it says how, the fingerprint what.
+    extractor: dict[str, Any] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -75,6 +79,7 @@ class StoreMeta:
             "shape": list(self.shape),
             "dtype": self.dtype,
             "created": self.created,
+            "extractor": self.extractor,
         }
 
     @classmethod
@@ -88,6 +93,7 @@ class StoreMeta:
             dim=int(d["dim"]),
             dtype=d.get("dtype", DTYPE),
             created=d.get("created", ""),
+            extractor=d.get("extractor"),
         )
 
 
@@ -159,8 +165,10 @@ class FeatureStore:
         token_kinds: Sequence[str],
         dim: int,
         layer_names: Sequence[str] | None = None,
+        extractor: Mapping[str, Any] | None = None,
     ) -> FeatureStore:
-        """New empty store. Fails if ``path`` already holds one (use `open_or_create` to resume)."""
+        """New empty store. Fails if ``path`` already holds one (use `open_or_create` to resume).
+        ``extractor``: how to build the extractor again (see `StoreMeta.extractor`)."""
         p = Path(path)
         if (p / MANIFEST).exists():
             raise FileExistsError(f"a feature store already exists at {p}; use FeatureStore.open_or_create")
@@ -179,6 +187,7 @@ class FeatureStore:
             token_kinds=tuple(token_kinds),
             dim=int(dim),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            extractor=_normalise_fields(extractor) if extractor is not None else None,
         )
         p.mkdir(parents=True, exist_ok=True)
         # The manifest is the only thing `open` needs; the Lance datasets appear with the first write, so
@@ -223,11 +232,12 @@ class FeatureStore:
         token_kinds: Sequence[str],
         dim: int,
         layer_names: Sequence[str] | None = None,
+        extractor: Mapping[str, Any] | None = None,
     ) -> FeatureStore:
         """The extraction pipeline's entry point: resume a store with the same fingerprint, create
         one if absent, refuse (FingerprintMismatchError) one written with other settings."""
         if not (Path(path) / MANIFEST).exists():
-            return cls.create(path, fingerprint_fields, layers, token_kinds, dim, layer_names)
+            return cls.create(path, fingerprint_fields, layers, token_kinds, dim, layer_names, extractor)
         store = cls.open(path, expected_fingerprint=fingerprint_fields)
         m = store.meta
         if m.layers != tuple(layers) or m.token_kinds != tuple(token_kinds) or m.dim != dim:
@@ -236,6 +246,10 @@ class FeatureStore:
                 f"requested layers {tuple(layers)}, kinds {tuple(token_kinds)}, dim {dim}; the fingerprint "
                 "fields should cover these: add them to the backbone's fingerprint_fields()"
             )
+        if extractor is not None and m.extractor is None:
+            # a store from before the spec was recorded, resumed with the same fingerprint: record it
+            store.meta = replace(m, extractor=_normalise_fields(extractor))
+            _write_json_atomic(store.path / MANIFEST, store.meta.to_json())
         return store
 
     # ------------------------------------------------------------------ properties

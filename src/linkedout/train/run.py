@@ -139,7 +139,7 @@ def run_experiment(
         seconds_to_best=result.seconds_to_best,
         peak_rss_mb=peak_rss_mb(),
         data=data_split.summary(),
-        model_config=asdict(model_config),
+        model_config=model_config.to_dict(),
         train_config=asdict(train_config),
         dataset_spec=asdict(spec),
         history=result.history,
@@ -169,7 +169,7 @@ def load_run(run_dir: Path) -> tuple[Recommender, Split, RunResult]:
     protocol = Protocol.from_dict(saved.protocol)
     spec = DatasetSpec(**saved.dataset_spec)
     data_split, _ = prepare_split(spec, protocol)
-    config = ModelConfig(**saved.model_config)
+    config = ModelConfig.from_dict(saved.model_config)
     model, data_split = build_for_split(config, data_split)
     model.fit(data_split)
     if model.trainable:

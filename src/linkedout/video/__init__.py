@@ -15,6 +15,7 @@ from linkedout.video.sampling import (
     try_sample_frames,
     uniform_targets,
 )
+from linkedout.video.thumbnails import clip_thumbnail, frame_jpeg
 
 __all__ = [
     "SAMPLER_VERSION",
@@ -24,6 +25,8 @@ __all__ = [
     "VideoDecodeError",
     "VideoInfo",
     "VideoReader",
+    "clip_thumbnail",
+    "frame_jpeg",
     "sample_frames",
     "sample_segments",
     "segment_windows",

@@ -89,6 +89,7 @@ class VideoLLMBackbone:
     """A loaded Video-LLM with hooks-based capture. Build it with `load_vllm_backbone`."""
 
     name = "vllm"
+    build_spec: dict[str, Any] | None = None  # set by get_backbone (see backbones/__init__.py)
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """Small in-memory models and bundles for tests, benchmarks and trying the server without training.
 
 Nothing here is a recommender anyone should deploy: weights are random. What is real is the plumbing:
-the same `bundle_from_model` the export uses, so a synthetic bundle exercises every serving path.
+the same `bundle_from_model` `linkedout export` uses, so a synthetic bundle exercises every serving path.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from linkedout.serve.bundle import Bundle, bundle_from_model
+from linkedout.export import bundle_from_model
+from linkedout.serve.bundle import Bundle
 
 KINDS = ("video", "video", "prompt", "new")
 
@@ -60,15 +61,13 @@ def synthetic_bundle(
     **model_kw: Any,
 ) -> tuple[Bundle, torch.nn.Module]:
     """(bundle, the model it came from) with item ids ``i0 .. i{N-1}``."""
-    from dataclasses import asdict
-
     model = model if model is not None else synthetic_model(n_items, max_len=max_len, **model_kw)
     ids = [f"i{i}" for i in range(model.n_items)]
     bundle = bundle_from_model(
         model,
         ids,
         max_len=max_len,
-        model_config=asdict(model.config),
+        model_config=model.config.to_dict(),
         protocol={"name": "synthetic", "max_seq_len": max_len},
         card={"dataset": "synthetic", "metrics": {}, "protocol_line": "synthetic (random weights)"},
         titles=titles if titles is not None else [f"item {i}" for i in range(model.n_items)],

@@ -1,0 +1,142 @@
+"""An `Extractor`: a frozen backbone, the frame sampler that feeds it, and the rule that turns an item
+(decoded clip + title + aux text) into the backbone's input. One home for what offline extraction
+(`linkedout.extract`) and the online item path (`POST /v1/items` in `linkedout.serve`) both run, so a
+video gets the same tokens whichever way it arrives (tests/test_online_extraction.py checks it).
+
+Its fingerprint fields are the backbone's with the pipeline's inputs made explicit (the sampler
+actually used, and the recipe of the text the backbone reads); the feature store is keyed by them.
+Its `ExtractorSpec` (backbone name + constructor options + sampler settings, as given to
+`get_backbone`) is recorded in the store at extraction time, so a server can rebuild the same
+extractor and check it against the store's fingerprint instead of guessing options back from it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from linkedout.backbones.base import Backbone, ItemInput, ItemTokens, fingerprint
+from linkedout.video import DecodedClip, FrameSampler
+
+ITEM_TEXT_RECIPE = "catalog title + '\\n' + text (missing parts left out)"
+
+
+def item_text(title: str | None, text: str | None) -> str | None:
+    """The text an item brings to the backbone (title, then aux text); None when it has neither."""
+    parts = [p.strip() for p in (title, text) if p and p.strip()]
+    return "\n".join(parts) if parts else None
+
+
+def needs_frames(backbone: Backbone) -> bool:
+    # The text backbones read ItemInput.text only; anything else (frames, Video-LLMs) needs frames.
+    return bool(getattr(backbone, "needs_frames", backbone.name != "text"))
+
+
+def uses_text(backbone: Backbone) -> bool:
+    # The frames backbone ignores ItemInput.text; recording a recipe it never reads would make two
+    # stores of identical tokens look different.
+    return bool(getattr(backbone, "uses_text", backbone.name != "frames"))
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """How to build the extractor again: what `get_backbone(backbone, **options)` was called with
+    (runtime-only options such as the device left out) and the frame sampler's settings."""
+
+    backbone: str
+    options: dict[str, Any] = field(default_factory=dict)
+    sampler: dict[str, Any] | None = None  # FrameSampler(num_frames, size, mode); None: no video
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "options": dict(self.options), "sampler": self.sampler}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ExtractorSpec:
+        return cls(str(data["backbone"]), dict(data.get("options") or {}), data.get("sampler"))
+
+
+@dataclass
+class Extractor:
+    backbone: Backbone
+    sampler: FrameSampler | None = None
+
+    def __post_init__(self) -> None:
+        if not needs_frames(self.backbone):
+            self.sampler = None  # a text backbone never decodes: no sampler in its fingerprint either
+        elif self.sampler is None:
+            raise ValueError(f"the {self.backbone.name} backbone reads frames: give a FrameSampler")
+
+    @property
+    def needs_frames(self) -> bool:
+        return self.sampler is not None
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The backbone's fingerprint fields, with the inputs this pipeline feeds it made explicit."""
+        fields = dict(self.backbone.fingerprint_fields())
+        # Authoritative: the sampler actually used, even if the backbone was built with another dict.
+        fields["sampler"] = self.sampler.fingerprint() if self.sampler is not None else None
+        if uses_text(self.backbone):
+            fields["item_text"] = ITEM_TEXT_RECIPE
+        return fields
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.fingerprint_fields())
+
+    def spec(self) -> ExtractorSpec | None:
+        """How to rebuild this extractor; None when the backbone was not built by `get_backbone`
+        (then a server cannot rebuild it and new items must arrive as LayerTokens)."""
+        # optional attribute: a backbone of one's own (any object with the protocol's members) has none
+        built = getattr(self.backbone, "build_spec", None)
+        if built is None:
+            return None
+        sampler = None
+        if self.sampler is not None:
+            s = self.sampler
+            sampler = {"num_frames": s.num_frames, "size": s.size, "mode": s.mode}
+        return ExtractorSpec(built["name"], dict(built["options"]), sampler)
+
+    @classmethod
+    def from_spec(cls, spec: ExtractorSpec, **runtime: Any) -> Extractor:
+        """Build the extractor a spec describes; ``runtime`` options (e.g. ``device``) are added."""
+        from linkedout.backbones import get_backbone
+
+        backbone = get_backbone(spec.backbone, **spec.options, **runtime)
+        sampler = FrameSampler(**spec.sampler) if spec.sampler is not None else None
+        return cls(backbone, sampler)
+
+    def item_input(
+        self,
+        item_id: str,
+        clip: DecodedClip | None,
+        *,
+        title: str | None = None,
+        text: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> ItemInput:
+        """The backbone's input for one item: its decoded clip (None for text backbones), the text
+        recipe of title + aux text, and what the clip's decoding knows about time."""
+        if clip is None:
+            return ItemInput(item_id, text=item_text(title, text))
+        meta = {
+            "timestamps": clip.timestamps,
+            "duration": clip.duration,
+            "fps": clip.fps,
+            "path": str(path) if path is not None else None,
+        }
+        return ItemInput(item_id, frames=clip.frames, text=item_text(title, text), meta=meta)
+
+    def extract_one(
+        self,
+        item_id: str,
+        path: str | os.PathLike[str],
+        *,
+        title: str | None = None,
+        text: str | None = None,
+    ) -> tuple[ItemTokens, DecodedClip]:
+        """Decode one clip and encode it (the online path; raises VideoDecodeError)."""
+        if self.sampler is None:
+            raise ValueError(f"the {self.backbone.name} backbone does not read video")
+        clip = self.sampler(path)
+        tokens = self.backbone.encode([self.item_input(item_id, clip, title=title, text=text, path=path)])
+        return tokens[0], clip
