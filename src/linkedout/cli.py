@@ -38,7 +38,7 @@ def fetch_samples_cmd(
     from rich.console import Console
     from rich.text import Text
 
-    from linkedout.data.samples import SampleFetchError, fetch_samples, licence_notes, summary_table
+    from linkedout.samples import SampleFetchError, fetch_samples, licence_notes, summary_table
 
     console = Console()
     try:
@@ -206,8 +206,8 @@ def demo_cmd(
 ) -> None:
     """The main job on the embedded default: fetch samples, extract features (clips and movie titles),
     train and evaluate the baselines and LinkedOut (warm and cold-start), explain one user, write a report."""
-    from linkedout.data.samples import SampleFetchError
     from linkedout.demo import run_demo
+    from linkedout.samples import SampleFetchError
 
     try:
         run_demo(out, seed=seed, quick=quick)

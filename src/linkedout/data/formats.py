@@ -204,7 +204,7 @@ def _resolve(path: str | Path) -> Path:
 
 def _sample_path(name: str) -> Path:
     """The cached copy of a named sample (fetched by ``linkedout fetch-samples``)."""
-    from linkedout.data.samples import load_samples  # lazy: pulls in the fetch machinery
+    from linkedout.samples import load_samples  # lazy: pulls in the fetch machinery
 
     if name == "ml-100k":
         return Path(load_samples("small").ml100k)
