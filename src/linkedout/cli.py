@@ -66,11 +66,12 @@ def data_info_cmd(
     import json
 
     from linkedout.data.formats import DataFormatError, load_interactions
+    from linkedout.samples import SampleFetchError, resolve_dataset
 
     try:
         cols = {"user_col": user_col, "item_col": item_col, "time_col": time_col}
-        ds = load_interactions(path, format=format, min_rating=min_rating, **cols)
-    except (DataFormatError, FileNotFoundError) as e:
+        ds = load_interactions(resolve_dataset(path), format=format, min_rating=min_rating, **cols)
+    except (DataFormatError, FileNotFoundError, SampleFetchError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(ds.summary(), indent=1, default=str))

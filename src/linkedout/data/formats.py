@@ -12,10 +12,13 @@ format         recognised by
 ``parquet``    ``.parquet``: the same, columns by name
 =============  ==========================================================================================
 
-A folder is searched for those files in that order; the name ``ml-100k`` resolves to the sample fetched
-by ``linkedout fetch-samples``. Every interaction is kept (implicit feedback, as RecBole and DFF do)
-unless ``min_rating`` says otherwise. Readers are pyarrow end to end (multithreaded parsing, no Python
-loop over rows, no pandas): the 10M-event benchmark (``benchmarks/load_split_10m.py``) holds them to it.
+A folder is searched for those files in that order; each format's reader is a module of
+`linkedout.data.readers` named after it (``csv`` and ``parquet``: ``tabular``). Paths only: a sample name
+such as ``ml-100k`` is turned into its cached path by `linkedout.samples.resolve_dataset`, which the
+commands that accept names call first (``data-info``, ``train --dataset``, a run's `DatasetSpec`).
+Every interaction is kept (implicit feedback, as RecBole and DFF do) unless ``min_rating`` says
+otherwise. Readers are pyarrow end to end (multithreaded parsing, no Python loop over rows, no pandas):
+the 10M-event benchmark (``benchmarks/load_split_10m.py``) holds them to it.
 Malformed files raise `DataFormatError` naming file, 1-based line and column.
 """
 
@@ -55,7 +58,6 @@ _ALIASES = {
 }
 _TEXT_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
-SAMPLE_NAMES = ("ml-100k",)
 
 
 @dataclass(frozen=True)
@@ -185,18 +187,9 @@ def _resolve(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if p.exists():
         return p
-    if str(path) in SAMPLE_NAMES:
-        return _sample_path(str(path))
-    raise FileNotFoundError(f"{p}: no such file or folder (and not a sample name: {', '.join(SAMPLE_NAMES)})")
-
-
-def _sample_path(name: str) -> Path:
-    """The cached copy of a named sample (fetched by ``linkedout fetch-samples``)."""
-    from linkedout.samples import load_samples  # lazy: pulls in the fetch machinery
-
-    if name == "ml-100k":
-        return Path(load_samples("small").ml100k)
-    raise FileNotFoundError(name)
+    # Sample names (ml-100k) are resolved by the callers (linkedout.samples.resolve_dataset): readers
+    # take paths and never import the fetch machinery.
+    raise FileNotFoundError(f"{p}: no such file or folder")
 
 
 def _locate(path: Path, fmt: str | None) -> _Located:
