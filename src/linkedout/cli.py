@@ -352,7 +352,7 @@ def store_info_cmd(
     """Counts, fingerprint(s), failures with reasons, size on disk."""
     import json
 
-    from linkedout.extract import describe_store, format_store_info
+    from linkedout.store.info import describe_store, format_store_info
 
     try:
         info = describe_store(path)
