@@ -38,7 +38,7 @@ import torch
 
 from linkedout.backbones import get_backbone
 from linkedout.backbones.base import ItemInput
-from linkedout.data.samples import fetch_samples
+from linkedout.samples import fetch_samples
 from linkedout.video import DecodedClip, FrameSampler, VideoReader, sample_segments
 
 

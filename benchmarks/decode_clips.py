@@ -36,7 +36,7 @@ def _clips(args: argparse.Namespace) -> list[tuple[str, Path, bool, str]]:
         root = Path(args.folder).expanduser()
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
         return [(str(p.relative_to(root)), p, True, "") for p in files]
-    from linkedout.data.samples import fetch_samples
+    from linkedout.samples import fetch_samples
 
     samples = fetch_samples(args.tier, quiet=True)
     return [(c.name, c.path, c.valid, c.edge or "") for c in samples.clips]

@@ -41,8 +41,8 @@ from linkedout.backbones import get_backbone
 from linkedout.backbones.base import ItemInput
 from linkedout.backbones.extractor import Extractor
 from linkedout.data.catalog import Catalog
-from linkedout.data.samples import fetch_samples
 from linkedout.extract import default_frame_size, extract
+from linkedout.samples import fetch_samples
 from linkedout.video import DecodedClip, FrameSampler
 
 

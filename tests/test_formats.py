@@ -7,6 +7,8 @@ Every fixture is a tiny file written at test time in the real layout (RecBole at
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -211,14 +213,59 @@ def test_parquet(tmp_path: Path) -> None:
         load_interactions(tmp_path / "nulls.parquet")
 
 
-def test_sample_name_resolves_through_samples(atomic_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import linkedout.data.samples as samples
+def test_sample_name_resolves_to_the_cached_copy(atomic_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from linkedout.samples import cache, resolve_dataset
 
     fake = types.SimpleNamespace(ml100k=atomic_dir)
-    monkeypatch.setattr(samples, "load_samples", lambda tier="small": fake)
+    monkeypatch.setattr(cache, "load_samples", lambda tier="small": fake)
     monkeypatch.chdir(atomic_dir.parent)  # no ./ml-100k here
-    ds = load_interactions("ml-100k")
+    ds = load_interactions(resolve_dataset("ml-100k"))
     assert ds.format == "atomic" and ds.interactions.n_events == 5
+
+
+def test_sample_name_not_in_the_cache_is_fetched(
+    atomic_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from linkedout.samples import fetch, resolve_dataset
+
+    fetched: list[str] = []
+
+    def fake_fetch(tier: str = "small", cache: Path | None = None, *, quiet: bool = False) -> object:
+        fetched.append(tier)
+        return types.SimpleNamespace(ml100k=atomic_dir)
+
+    monkeypatch.setenv("LINKEDOUT_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(fetch, "fetch_samples", fake_fetch)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_dataset("ml-100k") == atomic_dir and fetched == ["small"]
+
+
+def test_paths_win_over_sample_names_and_unknown_names_are_refused(
+    atomic_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from linkedout.samples import resolve_dataset
+
+    monkeypatch.chdir(tmp_path)
+    local = write(tmp_path / "ml-100k" / "ml-100k.inter", ATOMIC_INTER).parent
+    assert resolve_dataset("ml-100k") == Path("ml-100k") and local.exists()
+    assert resolve_dataset(atomic_dir) == atomic_dir
+    with pytest.raises(
+        FileNotFoundError, match=r"no-such-log: no such file or folder \(and not a sample name: ml-100k"
+    ):
+        resolve_dataset("no-such-log")
+
+
+def test_loaders_take_paths_and_never_import_the_fetcher(atomic_dir: Path, tmp_path: Path) -> None:
+    """`load_interactions` reads paths only: sample names are resolved by the callers, so reading a log
+    never pulls in the pip / apt-get machinery of `linkedout.samples`."""
+    code = (
+        "import sys; from linkedout.data.formats import load_interactions; "
+        f"load_interactions({str(atomic_dir)!r}); "
+        "assert 'linkedout.samples' not in sys.modules, sorted(m for m in sys.modules if 'samples' in m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_interactions(tmp_path / "ml-100k")
 
 
 def test_detect_format(atomic_dir: Path, tmp_path: Path) -> None:

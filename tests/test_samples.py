@@ -1,7 +1,7 @@
 """`linkedout fetch-samples`: manifest, real small-tier fetch, idempotence, repair, registry failures.
 
 Network tests use the session fixture `samples_small` (default cache, so later runs are free). The
-failure paths run offline against a fake registry: `_run` (every subprocess) is replaced by a stub
+failure paths run offline against a fake registry: `registry.run` (every subprocess) is replaced by a stub
 that writes a tiny wheel, so nothing here depends on PyPI being down to test "PyPI is down".
 """
 
@@ -19,16 +19,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import linkedout.samples as S
 from linkedout.cli import app
-from linkedout.data import samples as S
+from linkedout.samples import manifest, registry, unpack
 
 # ------------------------------------------------------------------------------------------ manifest
 
 
 def test_manifest_lists_the_expected_tiers() -> None:
     m = S.load_manifest()
-    small = S._sources_for(m, "small")
-    bench = S._sources_for(m, "bench")
+    small = manifest.sources_for(m, "small")
+    bench = manifest.sources_for(m, "bench")
     small_clips = [f for s in small for f in s["files"] if f["kind"] == "clip"]
     bench_clips = [f for s in bench for f in s["files"] if f["kind"] == "clip"]
     assert len(small_clips) == 14
@@ -79,8 +80,8 @@ def test_second_call_runs_no_command(samples_small: S.Samples, monkeypatch: pyte
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"a subprocess ran on a warm cache: {args}")
 
-    monkeypatch.setattr(S, "_run", boom)
-    monkeypatch.setattr(S, "_popen", boom)
+    monkeypatch.setattr(registry, "run", boom)
+    monkeypatch.setattr(registry, "popen", boom)
     again = S.fetch_samples("small", samples_small.root, quiet=True)
     assert [c.path for c in again.clips] == [c.path for c in samples_small.clips]
 
@@ -116,13 +117,13 @@ def test_corrupt_cached_clip_is_fetched_again(
     good = hashlib.sha256(victim.read_bytes()).hexdigest()
     victim.write_bytes(b"\0" * victim.stat().st_size)  # same size, wrong bytes
     calls: list[list[str]] = []
-    real_run = S._run
+    real_run = registry.run
 
     def spy(cmd: list[str], **kw: object) -> subprocess.CompletedProcess:
         calls.append(cmd)
         return real_run(cmd, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(S, "_run", spy)
+    monkeypatch.setattr(registry, "run", spy)
     S.fetch_samples("small", cache, quiet=True)
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == good
     assert len(calls) == 1 and calls[0][:2] == ["apt-get", "download"] and "python3-imageio" in calls[0]
@@ -187,9 +188,9 @@ class FakePyPI:
 
 @pytest.fixture
 def fake_registry(monkeypatch: pytest.MonkeyPatch) -> FakePyPI:
-    monkeypatch.setattr(S, "load_manifest", lambda path=None: _fake_manifest(b"hello clip"))
+    monkeypatch.setattr(manifest, "load_manifest", lambda path=None: _fake_manifest(b"hello clip"))
     fake = FakePyPI(b"hello clip")
-    monkeypatch.setattr(S, "_run", fake)
+    monkeypatch.setattr(registry, "run", fake)
     return fake
 
 
@@ -242,7 +243,7 @@ def test_interrupted_copy_leaves_no_file(tmp_path: Path) -> None:
 
     target = tmp_path / "clips/p/a.mp4"
     with pytest.raises(KeyboardInterrupt):
-        S._copy_hashed(Dying(), target)  # type: ignore[arg-type]
+        unpack._copy_hashed(Dying(), target)  # type: ignore[arg-type]
     assert list(target.parent.iterdir()) == []
 
 
@@ -265,7 +266,7 @@ def test_unreachable_pypi_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
         "ERROR: Could not find a version that satisfies the requirement recbole==1.2.1 "
         "(from versions: none)\n"
     )
-    monkeypatch.setattr(S, "_run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", stderr))
+    monkeypatch.setattr(registry, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", stderr))
     with pytest.raises(S.SampleFetchError) as ei:
         S.fetch_samples("small", tmp_path / "c", quiet=True)
     msg = str(ei.value)
@@ -277,14 +278,14 @@ def test_unreachable_pypi_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
 
 def test_unreachable_debian_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stderr = "E: Failed to fetch http://deb.example/pool/p.deb  Temporary failure resolving 'deb.example'\n"
-    monkeypatch.setattr(S, "_run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 100, "", stderr))
+    monkeypatch.setattr(registry, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 100, "", stderr))
     with pytest.raises(S.SampleFetchError, match=r"(?s)apt-get could not download.*Temporary failure.*hint:"):
-        S._apt_download(["python3-imageio"], tmp_path)
+        registry.apt_download(["python3-imageio"], tmp_path)
 
 
 def test_missing_program_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(S.SampleFetchError, match="not installed"):
-        S._run(["linkedout-no-such-program-xyz"])
+        registry.run(["linkedout-no-such-program-xyz"])
 
 
 def _fake_apt(tmp_path: Path, log: list[list[str]]):
@@ -303,19 +304,19 @@ def _fake_apt(tmp_path: Path, log: list[list[str]]):
 
 def test_apt_update_runs_once_when_lists_are_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[list[str]] = []
-    monkeypatch.setattr(S, "_run", _fake_apt(tmp_path, log))
-    monkeypatch.setattr(S, "_is_root", lambda: True)
-    got = S._apt_download(["python3-imageio"], tmp_path)
+    monkeypatch.setattr(registry, "run", _fake_apt(tmp_path, log))
+    monkeypatch.setattr(registry, "is_root", lambda: True)
+    got = registry.apt_download(["python3-imageio"], tmp_path)
     assert list(got) == ["python3-imageio"]
     assert [c[1] for c in log] == ["download", "update", "download"]
 
 
 def test_stale_lists_without_root_say_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[list[str]] = []
-    monkeypatch.setattr(S, "_run", _fake_apt(tmp_path, log))
-    monkeypatch.setattr(S, "_is_root", lambda: False)
+    monkeypatch.setattr(registry, "run", _fake_apt(tmp_path, log))
+    monkeypatch.setattr(registry, "is_root", lambda: False)
     with pytest.raises(S.SampleFetchError, match="sudo apt-get update"):
-        S._apt_download(["python3-imageio"], tmp_path)
+        registry.apt_download(["python3-imageio"], tmp_path)
     assert [c[1] for c in log] == ["download"]
 
 
@@ -340,14 +341,14 @@ def test_deb_members_are_streamed_out(tmp_path: Path) -> None:
         capture_output=True,
     )
     root = tmp_path / "cache"
-    spec = S._Spec("fakeclips", "deb", "bench", "fake", "MIT")
-    found = S._extract_deb(deb, root, S._discover(spec), None, None)
+    spec = manifest.Spec("fakeclips", "deb", "bench", "fake", "MIT")
+    found = unpack.extract_deb(deb, root, manifest.discover(spec), None, None)
     assert sorted(w.dest for w in found) == ["clips/fakeclips/a.mp4", "clips/fakeclips/b.ogv"]
     assert (root / "clips/fakeclips/a.mp4").read_bytes() == b"A" * 5000
-    assert S._archive_version(deb) == "1.0-1"
+    assert registry.archive_version(deb) == "1.0-1"
     # with the wanted count known, the stream stops early (dpkg-deb is killed, no error)
     shutil.rmtree(root)
-    one = S._extract_deb(deb, root, {"usr/share/fake/a.mp4": "clips/x/a.mp4"}.get, None, 1)
+    one = unpack.extract_deb(deb, root, {"usr/share/fake/a.mp4": "clips/x/a.mp4"}.get, None, 1)
     assert [w.dest for w in one] == ["clips/x/a.mp4"]
 
 

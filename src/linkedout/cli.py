@@ -38,7 +38,7 @@ def fetch_samples_cmd(
     from rich.console import Console
     from rich.text import Text
 
-    from linkedout.data.samples import SampleFetchError, fetch_samples, licence_notes, summary_table
+    from linkedout.samples import SampleFetchError, fetch_samples, licence_notes, summary_table
 
     console = Console()
     try:
@@ -66,11 +66,12 @@ def data_info_cmd(
     import json
 
     from linkedout.data.formats import DataFormatError, load_interactions
+    from linkedout.samples import SampleFetchError, resolve_dataset
 
     try:
         cols = {"user_col": user_col, "item_col": item_col, "time_col": time_col}
-        ds = load_interactions(path, format=format, min_rating=min_rating, **cols)
-    except (DataFormatError, FileNotFoundError) as e:
+        ds = load_interactions(resolve_dataset(path), format=format, min_rating=min_rating, **cols)
+    except (DataFormatError, FileNotFoundError, SampleFetchError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(ds.summary(), indent=1, default=str))
@@ -206,8 +207,8 @@ def demo_cmd(
 ) -> None:
     """The main job on the embedded default: fetch samples, extract features (clips and movie titles),
     train and evaluate the baselines and LinkedOut (warm and cold-start), explain one user, write a report."""
-    from linkedout.data.samples import SampleFetchError
     from linkedout.demo import run_demo
+    from linkedout.samples import SampleFetchError
 
     try:
         run_demo(out, seed=seed, quick=quick)
@@ -351,7 +352,7 @@ def store_info_cmd(
     """Counts, fingerprint(s), failures with reasons, size on disk."""
     import json
 
-    from linkedout.extract import describe_store, format_store_info
+    from linkedout.store.info import describe_store, format_store_info
 
     try:
         info = describe_store(path)

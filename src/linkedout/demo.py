@@ -40,8 +40,8 @@ DEMO_RUNS = (
 def run_demo(out: Path, *, seed: int = 0, quick: bool = False) -> dict:
     from linkedout.backbones import get_backbone
     from linkedout.data.catalog import Catalog, catalog_from_item_table
-    from linkedout.data.samples import cache_dir, fetch_samples
     from linkedout.extract import extract
+    from linkedout.samples import cache_dir, fetch_samples
 
     console = Console()
     started = time.perf_counter()

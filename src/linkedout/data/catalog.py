@@ -233,7 +233,7 @@ class Catalog(Sequence[CatalogItem]):
 
     @classmethod
     def from_samples(cls, samples: Any, *, include_invalid: bool = False) -> Catalog:
-        """The real clips of a fetched sample tier (:func:`linkedout.data.samples.fetch_samples`).
+        """The real clips of a fetched sample tier (:func:`linkedout.samples.fetch_samples`).
 
         Edge-case files (corrupt on purpose, black frames, trailers) are left out unless asked for.
         """

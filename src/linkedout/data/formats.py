@@ -12,16 +12,18 @@ format         recognised by
 ``parquet``    ``.parquet``: the same, columns by name
 =============  ==========================================================================================
 
-A folder is searched for those files in that order; the name ``ml-100k`` resolves to the sample fetched
-by ``linkedout fetch-samples``. Every interaction is kept (implicit feedback, as RecBole and DFF do)
-unless ``min_rating`` says otherwise. Readers are pyarrow end to end (multithreaded parsing, no Python
-loop over rows, no pandas): the 10M-event benchmark (``benchmarks/load_split_10m.py``) holds them to it.
+A folder is searched for those files in that order; each format's reader is a module of
+`linkedout.data.readers` named after it (``csv`` and ``parquet``: ``tabular``). Paths only: a sample name
+such as ``ml-100k`` is turned into its cached path by `linkedout.samples.resolve_dataset`, which the
+commands that accept names call first (``data-info``, ``train --dataset``, a run's `DatasetSpec`).
+Every interaction is kept (implicit feedback, as RecBole and DFF do) unless ``min_rating`` says
+otherwise. Readers are pyarrow end to end (multithreaded parsing, no Python loop over rows, no pandas):
+the 10M-event benchmark (``benchmarks/load_split_10m.py``) holds them to it.
 Malformed files raise `DataFormatError` naming file, 1-based line and column.
 """
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,25 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from linkedout.data import layouts, lens
 from linkedout.data.interactions import Interactions
 from linkedout.data.itemtable import ID_COLUMN, ItemTable
-from linkedout.data.layouts import RawEvents, events_from_table, find_column
-from linkedout.data.layouts import write_atomic as _write_atomic
-from linkedout.data.textio import (
-    ID,
-    NUMBER,
-    TIME,
-    DataFormatError,
-    TextSpec,
-    check_not_empty,
-    read_first_line,
-    unify_id_types,
-)
-from linkedout.data.textio import read_table as _read_text_table
+from linkedout.data.readers import atomic, microlens, movielens, tabular
+from linkedout.data.readers.common import RawEvents
+from linkedout.data.textio import DataFormatError, unify_id_types
 
 __all__ = [
     "FORMATS",
@@ -69,7 +58,6 @@ _ALIASES = {
 }
 _TEXT_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
-SAMPLE_NAMES = ("ml-100k",)
 
 
 @dataclass(frozen=True)
@@ -133,19 +121,21 @@ def load_interactions(
     loc = _locate(source, fmt)
     want_rating = min_rating is not None
     if loc.format == "atomic":
-        events = layouts.read_atomic_inter(loc.events, user_col, item_col, time_col, want_rating, sep)
-        meta = layouts.read_atomic_items(loc.items, item_col, sep) if loc.items else None
+        events = atomic.read_atomic_inter(loc.events, user_col, item_col, time_col, want_rating, sep)
+        meta = atomic.read_atomic_items(loc.items, item_col, sep) if loc.items else None
     elif loc.format == "movielens":
-        events = lens.read_movielens_data(loc.events, want_rating)
-        meta = lens.read_movielens_items(loc.items) if loc.items else None
+        events = movielens.read_movielens_data(loc.events, want_rating)
+        meta = movielens.read_movielens_items(loc.items) if loc.items else None
     elif loc.format == "microlens":
-        reader = lens.read_microlens_tsv if loc.events.suffix == ".tsv" else lens.read_microlens_csv
+        reader = microlens.read_microlens_tsv if loc.events.suffix == ".tsv" else microlens.read_microlens_csv
         events = reader(loc.events, want_rating)
-        meta = lens.read_microlens_titles(loc.items) if loc.items else None
+        meta = microlens.read_microlens_titles(loc.items) if loc.items else None
     elif loc.format == "parquet":
-        events, meta = _read_parquet(loc.events, user_col, item_col, time_col, rating_col, want_rating), None
+        cols = (user_col, item_col, time_col, rating_col)
+        events, meta = tabular.read_parquet(loc.events, *cols, want_rating), None
     else:
-        events, meta = _read_csv(loc.events, user_col, item_col, time_col, rating_col, want_rating, sep), None
+        cols = (user_col, item_col, time_col, rating_col)
+        events, meta = tabular.read_csv(loc.events, *cols, want_rating, sep), None
     t1 = time.perf_counter()
     notes = [*loc.notes, *events.notes]
     events = _filter_ratings(events, min_rating, loc.events, notes)
@@ -169,10 +159,10 @@ def write_atomic(data: LoadedDataset | Interactions, folder: str | Path, name: s
 
     Ratings are not written: `LoadedDataset` keeps the implicit-feedback events only."""
     if isinstance(data, LoadedDataset):
-        return _write_atomic(data.interactions, folder, name or data.name, data.item_meta)
+        return atomic.write_atomic(data.interactions, folder, name or data.name, data.item_meta)
     if name is None:
         raise ValueError("write_atomic(Interactions, folder, name): name is required")
-    return _write_atomic(data, folder, name)
+    return atomic.write_atomic(data, folder, name)
 
 
 def detect_format(path: str | Path) -> str:
@@ -197,18 +187,9 @@ def _resolve(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if p.exists():
         return p
-    if str(path) in SAMPLE_NAMES:
-        return _sample_path(str(path))
-    raise FileNotFoundError(f"{p}: no such file or folder (and not a sample name: {', '.join(SAMPLE_NAMES)})")
-
-
-def _sample_path(name: str) -> Path:
-    """The cached copy of a named sample (fetched by ``linkedout fetch-samples``)."""
-    from linkedout.data.samples import load_samples  # lazy: pulls in the fetch machinery
-
-    if name == "ml-100k":
-        return Path(load_samples("small").ml100k)
-    raise FileNotFoundError(name)
+    # Sample names (ml-100k) are resolved by the callers (linkedout.samples.resolve_dataset): readers
+    # take paths and never import the fetch machinery.
+    raise FileNotFoundError(f"{p}: no such file or folder")
 
 
 def _locate(path: Path, fmt: str | None) -> _Located:
@@ -293,102 +274,6 @@ def _located_file(path: Path, fmt: str) -> _Located:
         existing = [t for t in titles if t.exists()]
         return _Located(fmt, path, existing[0] if existing else None, prefix)
     return _Located(fmt, path, None, path.stem)
-
-
-# --- generic CSV / Parquet --------------------------------------------------------------------------
-
-
-def _sniff_delimiter(path: Path, header: str) -> str:
-    if path.suffix.lower() in (".tsv", ".tab"):
-        return "\t"
-    counts = {d: header.count(d) for d in (",", "\t", ";", "|")}
-    best = max(counts, key=lambda d: counts[d])
-    return best if counts[best] else ","
-
-
-def _read_csv(
-    path: Path,
-    user_col: str | None,
-    item_col: str | None,
-    time_col: str | None,
-    rating_col: str | None,
-    want_rating: bool,
-    sep: str | None,
-) -> RawEvents:
-    """A delimited text file with a header line naming its columns."""
-    check_not_empty(path)
-    header = read_first_line(path)
-    delimiter = sep or _sniff_delimiter(path, header)
-    names = [n.strip() for n in next(csv.reader([header], delimiter=delimiter))]
-    for k, n in enumerate(names):
-        if not n:
-            raise DataFormatError(path, 1, None, f"header field {k + 1} is empty")
-    user = find_column(names, "user", user_col, path, 1)
-    item = find_column(names, "item", item_col, path, 1)
-    tcol = find_column(names, "time", time_col, path, 1, required=False)
-    rating = find_column(names, "rating", rating_col, path, 1, required=want_rating)
-    rated = rating is not None
-    rating = rating if want_rating else None
-    checks = {user: ID, item: ID}
-    if tcol is not None:
-        checks[tcol] = TIME
-    if rating is not None:
-        checks[rating] = NUMBER
-    spec = TextSpec(
-        path,
-        tuple(names),
-        delimiter,
-        header_lines=1,
-        types={user: pa.string(), item: pa.string()},
-        checks=checks,
-        include=tuple(checks),
-    )
-    table = _read_text_table(spec)
-    if table.num_rows == 0:
-        raise DataFormatError(path, 2, None, "no interactions after the header line")
-    return events_from_table(table, user, item, tcol, rating, path, rated=rated)
-
-
-def _read_parquet(
-    path: Path,
-    user_col: str | None,
-    item_col: str | None,
-    time_col: str | None,
-    rating_col: str | None,
-    want_rating: bool,
-) -> RawEvents:
-    try:
-        names = pq.read_schema(path).names
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataFormatError(path, None, None, f"not a readable Parquet file: {exc}") from exc
-    user = find_column(names, "user", user_col, path, None)
-    item = find_column(names, "item", item_col, path, None)
-    tcol = find_column(names, "time", time_col, path, None, required=False)
-    rating = find_column(names, "rating", rating_col, path, None, required=want_rating)
-    rated = rating is not None
-    rating = rating if want_rating else None
-    columns = [c for c in (user, item, tcol, rating) if c is not None]
-    if path.stat().st_size == 0:
-        raise DataFormatError(path, None, None, "file is empty")
-    table = pq.read_table(path, columns=columns)
-    if table.num_rows == 0:
-        raise DataFormatError(path, None, None, "no interactions (0 rows)")
-    for name in columns:
-        col = table[name]
-        bad = pc.is_null(col)
-        if name in (tcol, rating) and pa.types.is_floating(col.type):
-            bad = pc.or_(bad, pc.invert(pc.is_finite(col)))
-        if pc.any(bad).as_py():
-            first = pc.index(bad, True).as_py()
-            n_bad = pc.sum(bad).as_py()
-            msg = f"{n_bad} missing or non-finite values (first at row {first + 1})"
-            raise DataFormatError(path, None, name, msg)
-    try:
-        return events_from_table(table, user, item, tcol, rating, path, rated=rated)
-    except (pa.ArrowInvalid, ValueError) as exc:
-        if isinstance(exc, DataFormatError):
-            raise
-        raise DataFormatError(path, None, tcol, f"cannot use as event time: {exc}") from exc
 
 
 # --- finishing ----------------------------------------------------------------------------------------

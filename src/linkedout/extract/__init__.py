@@ -1,7 +1,7 @@
 """linkedout.extract: catalog -> frames -> frozen backbone -> FeatureStore, resumable (see pipeline.py).
 
-Public API: :func:`extract`, :class:`ExtractReport`, :class:`ExtractError`, :func:`load_catalog`,
-:func:`describe_store`, :func:`format_store_info`.
+Public API: :func:`extract`, :class:`ExtractReport`, :class:`ExtractError`, :func:`load_catalog`.
+A store's description (`linkedout store info`) lives with the store: `linkedout.store.info`.
 
 Names are resolved lazily (PEP 562): decode worker processes import ``linkedout.extract.decode_worker``
 and must not pull the pipeline (hence Lance and the store) in with the package.
@@ -21,8 +21,6 @@ _EXPORTS = {
     "default_workers": "pipeline",
     "extract": "pipeline",
     "load_catalog": "pipeline",
-    "describe_store": "storeinfo",
-    "format_store_info": "storeinfo",
 }
 
 __all__ = sorted(_EXPORTS)

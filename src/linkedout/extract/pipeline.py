@@ -166,7 +166,7 @@ def load_catalog(spec: str | os.PathLike[str]) -> Catalog:
     fetched into the cache if needed), a folder of videos, or a CSV/TSV/Parquet manifest."""
     text = str(spec)
     if text.startswith("samples:"):
-        from linkedout.data.samples import TIERS, fetch_samples
+        from linkedout.samples import TIERS, fetch_samples
 
         tier = text.partition(":")[2]
         if tier not in TIERS:

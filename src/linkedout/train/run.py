@@ -26,7 +26,10 @@ from linkedout.train.trainer import TrainConfig, TrainResult, seed_everything, t
 
 @dataclass
 class DatasetSpec:
-    """How to reload the same events: a sample name (``ml-100k``) or a path, plus reader options."""
+    """How to reload the same events: a sample name (``ml-100k``) or a path, plus reader options.
+
+    The name is kept as typed (run.json stays portable across machines and caches) and resolved to the
+    cached path by `load`, fetching the sample on first use."""
 
     path: str = "ml-100k"
     format: str | None = None
@@ -37,9 +40,10 @@ class DatasetSpec:
 
     def load(self):
         from linkedout.data.formats import load_interactions
+        from linkedout.samples import resolve_dataset
 
         return load_interactions(
-            self.path,
+            resolve_dataset(self.path),
             format=self.format,
             user_col=self.user_col,
             item_col=self.item_col,

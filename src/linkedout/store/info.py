@@ -13,8 +13,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from linkedout.store import FeatureStore
-from linkedout.store.feature_store import TOKENS
+from linkedout.store.feature_store import TOKENS, FeatureStore
 
 __all__ = ["describe_store", "format_store_info", "human_bytes"]
 
