@@ -22,6 +22,7 @@ import torch
 from linkedout.data.protocol import get_protocol, split
 from linkedout.train.recipes import recipe
 from linkedout.train.run import DatasetSpec, run_experiment
+from provenance import provenance
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR@10")
 
@@ -45,6 +46,7 @@ def main() -> None:
         print(markdown_table(merge_runs([json.loads(path.read_text())["runs"] for path in args.table])))
         return
 
+    made_by = provenance()  # before the first write: this run's own output must not mark the tree dirty
     spec = DatasetSpec(path=args.dataset)
     loaded = spec.load()
     runs = []
@@ -63,6 +65,7 @@ def main() -> None:
                 r = run_experiment(spec, protocol, mc, tc, prepared=prepared, progress=False)
                 row = r.to_json()
                 row.pop("history")
+                row["provenance"] = made_by  # per run: --table merges runs of several files
                 runs.append(row)
                 print(
                     f"{name:9s} {model:8s} seed {seed}: NDCG@10 {r.metrics['NDCG@10']:.4f} HR@10 "
@@ -71,7 +74,7 @@ def main() -> None:
                     flush=True,
                 )
                 # written after every run: a long benchmark stopped early keeps what it measured
-                args.out.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
+                args.out.write_text(json.dumps({"meta": meta, "provenance": made_by, "runs": runs}, indent=1))
     print()
     print(markdown_table(runs))
 

@@ -40,6 +40,7 @@ from linkedout.backbones import get_backbone
 from linkedout.backbones.base import ItemInput
 from linkedout.samples import fetch_samples
 from linkedout.video import DecodedClip, FrameSampler, VideoReader, sample_segments
+from provenance import provenance
 
 
 def colour_histogram(frames: np.ndarray, bins: int = 8) -> np.ndarray:
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-package", type=int, default=3, help="packages with this many clips, task (b)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
+    made_by = provenance(None if argv is None else [sys.argv[0], *argv])
     t_start = time.perf_counter()
 
     samples = fetch_samples(args.tier, quiet=True)
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<18}{cells}{pkg_rows.get(name, float('nan')):>10.3f}")
     result = {
         "bench": "content_check",
+        "provenance": made_by,
         "tier": args.tier,
         "segments": {
             "seconds": args.segment_seconds,

@@ -26,6 +26,7 @@ from pathlib import Path
 import av
 
 from linkedout.video import DecodeFailure, VideoDecodeError, VideoReader, try_sample_frames
+from provenance import provenance
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".ogv", ".avi", ".mkv", ".mov", ".mpg", ".mpeg", ".m4v", ".gif")
 
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="uniform", choices=["uniform", "keyframe"])
     ap.add_argument("--strategy", default="auto", choices=["auto", "seek", "sequential"])
     ap.add_argument("--repeat", type=int, default=1, help="decode each clip this many times, keep the best")
-    ap.add_argument("--json", help="write per-clip results here")
+    ap.add_argument("--json", help='write {"provenance": ..., "clips": [per-clip results]} here')
     args = ap.parse_args(argv)
+    made_by = provenance(None if argv is None else [sys.argv[0], *argv])
     size = args.size or None
 
     clips = _clips(args)
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in failed:
             print(f"  {r['name']}: {r['reason']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"provenance": made_by, "clips": rows}, indent=1))
     return 1 if failed else 0
 
 

@@ -44,6 +44,7 @@ from linkedout.data.catalog import Catalog
 from linkedout.extract import default_frame_size, extract
 from linkedout.samples import fetch_samples
 from linkedout.video import DecodedClip, FrameSampler
+from provenance import provenance
 
 
 class _PeakRSS:
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cli-rss", action="store_true", help="skip the fresh-process RSS run")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
+    made_by = provenance(None if argv is None else [sys.argv[0], *argv])
 
     samples = fetch_samples(args.tier, quiet=True)
     catalog = Catalog.from_samples(samples)[: args.limit]  # valid clips only: edge cases are not items
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 "frames_checked": n_frames,
                 "cli_default_run": cli_rss,
                 "machine": machine,
+                "provenance": made_by,
             }
         )
     for row in results:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from linkedout.train.report import markdown_encoder_table
+from provenance import provenance
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
@@ -89,6 +90,7 @@ def main() -> None:
         print(json.dumps(one_run(p, float(c), e, int(s), f)))
         return
 
+    made_by = provenance()  # before the first write: this run's own output must not mark the tree dirty
     stores = feature_stores()
     jobs = [
         (protocol, cold, encoder, seed)
@@ -113,6 +115,7 @@ def main() -> None:
             raise RuntimeError(f"run failed: {' '.join(cmd)}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
         row["label"] = encoder
+        row["provenance"] = made_by  # per run: --table merges runs of several files
         done_runs[i] = row
         cold_ndcg = row["metrics_cold"].get("NDCG@10", float("nan"))
         print(
@@ -122,7 +125,9 @@ def main() -> None:
             flush=True,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"runs": [done_runs[j] for j in sorted(done_runs)]}, indent=1))
+        args.out.write_text(
+            json.dumps({"provenance": made_by, "runs": [done_runs[j] for j in sorted(done_runs)]}, indent=1)
+        )
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(launch, range(len(jobs))))

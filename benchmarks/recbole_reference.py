@@ -57,6 +57,8 @@ import sys
 import tempfile
 import time
 
+from provenance import provenance  # standard library only, like this parent side
+
 DEFAULT_DATA_PATH = os.path.expanduser("~/.cache/linkedout")
 
 # Shared by every run. Model hyper-parameters are RecBole's own defaults
@@ -346,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(inter):
         ap.error(f"{inter} not found (RecBole would try to download it)")
 
+    made_by = provenance(None if argv is None else [sys.argv[0], *argv])
     status = 0
     for model, bs, seed in runs:
         wd = os.path.join(base, f"{model}-bs{bs}-seed{seed}")
@@ -390,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         out["inter_file_expected_md5"] = _md5(inter)
         out["process_wall_s"] = round(time.time() - t, 2)
         out["log_dir"] = wd
+        out["provenance"] = made_by  # the parent's machine and command; the child's versions are above
         print(json.dumps(out), flush=True)
     return status
 

@@ -33,6 +33,7 @@ from linkedout.models.base import TrainBatch
 from linkedout.models.user_encoders import ByteDropout
 from linkedout.train.recipes import recipe
 from linkedout.train.run import DatasetSpec, build_for_split
+from provenance import provenance
 
 VARIANTS = {  # name -> (gather, byte dropout, bf16)
     "reference": (False, False, False),
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    made_by = provenance()
 
     protocol = get_protocol("recbole")
     data = split(DatasetSpec("ml-100k").load().interactions, protocol)
@@ -114,6 +116,7 @@ def main() -> None:
         "steps": args.steps,
         "rounds": args.rounds,
         "ms_per_step": {},
+        "provenance": made_by,
     }
     print(f"SASRec training step, recbole protocol, batch {bs}, {torch.get_num_threads()} torch threads")
     for name, ts in times.items():

@@ -35,6 +35,7 @@ import psutil
 import torch
 
 from linkedout.synthetic import random_vector_bundle, synthetic_model
+from provenance import provenance
 
 JSON = {"content-type": "application/json"}
 
@@ -279,7 +280,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    report: dict = {"loadavg_start": os.getloadavg(), "cores": os.cpu_count(), "runs": []}
+    report: dict = {
+        "provenance": provenance(),
+        "loadavg_start": os.getloadavg(),
+        "cores": os.cpu_count(),
+        "runs": [],
+    }
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     try:
         for n in args.sizes:

@@ -27,6 +27,7 @@ import numpy as np
 
 from linkedout.backbones.base import ItemTokens
 from linkedout.store import FeatureStore
+from provenance import provenance
 
 
 def evict_page_cache(path: Path) -> None:
@@ -131,6 +132,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the written stores")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
+    made_by = provenance()
 
     shape = tuple(args.shape)
     root = Path(args.dir or tempfile.mkdtemp(prefix="store_io_"))
@@ -230,6 +232,7 @@ def main() -> None:
         args.json.write_text(
             json.dumps(
                 {
+                    "provenance": made_by,
                     "args": {k: str(v) for k, v in vars(args).items()},
                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                     "write_s": results_write,

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from provenance import provenance
+
 
 def simulate_log(sources: list[str], users: int, stay: float, seed: int) -> list[tuple[int, int, int]]:
     """(user, clip index, timestamp) events; sequence lengths 8-30 (views are not repeated in a row)."""
@@ -60,6 +62,7 @@ def main() -> None:
     ap.add_argument("--cold", type=float, default=0.2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/video_simulated.json"))
     args = ap.parse_args()
+    made_by = provenance()  # before the first write: this run's own output must not mark the tree dirty
 
     from linkedout.backbones import get_backbone
     from linkedout.data.catalog import Catalog
@@ -104,7 +107,9 @@ def main() -> None:
                     flush=True,
                 )
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps({"simulated": True, "runs": runs}, indent=1))
+                args.out.write_text(
+                    json.dumps({"simulated": True, "provenance": made_by, "runs": runs}, indent=1)
+                )
     print(f"\nSIMULATED users ({args.users} per seed, stay={args.stay}) on real clips\n")
     print(markdown_encoder_table(runs))
 

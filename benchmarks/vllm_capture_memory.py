@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import provenance
+
 MID = {
     "text": {
         "num_hidden_layers": 24,
@@ -215,6 +217,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 layers x 512, 224 px frames")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    made_by = provenance()
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -285,7 +288,9 @@ def main() -> None:
         )
     if args.json:
         serial = {f"{a}-{b}": v for (a, b), v in results.items()}
-        args.json.write_text(json.dumps({"memory": serial, "throughput": [*tiny, mid_row]}, indent=1))
+        args.json.write_text(
+            json.dumps({"provenance": made_by, "memory": serial, "throughput": [*tiny, mid_row]}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -60,15 +60,17 @@ def run_demo(out: Path, *, seed: int = 0, quick: bool = False) -> dict:
 
     console.print("[bold]2. extract[/bold] (resumable feature stores under the cache)")
     stores_dir = cache_dir() / "features"
+    # progress on: the first run extracts for minutes (a bar on a terminal, a line every 30 s in a
+    # log, on stderr); later runs find the stores complete and print nothing
     clip_report = extract(
-        Catalog.from_samples(samples), get_backbone("frames"), stores_dir / "clips-frames", progress=False
+        Catalog.from_samples(samples), get_backbone("frames"), stores_dir / "clips-frames", progress=True
     )
     console.print(f"   clips, frames backbone: {clip_report.summary()}")
     movies = catalog_from_item_table(loaded.item_meta, data.item_ids)
     stores = {}
     for name in ("text", "caption"):
         stores[name] = stores_dir / f"ml-100k-{name}"
-        report = extract(movies, get_backbone(name), stores[name], batch_size=64, progress=False)
+        report = extract(movies, get_backbone(name), stores[name], batch_size=64, progress=True)
         console.print(f"   ml-100k titles, {name} backbone: {report.summary()}")
 
     protocol = get_protocol("microlens", cold_items=0.2)

@@ -59,6 +59,7 @@ from linkedout.backbones.base import Backbone, ItemInput, ItemTokens
 from linkedout.backbones.extractor import Extractor, needs_frames
 from linkedout.data.catalog import Catalog, CatalogItem
 from linkedout.extract.decode_worker import decode_clip, exit_with_parent
+from linkedout.progress import ProgressState, StepProgress
 from linkedout.store import FeatureStore
 from linkedout.video import DecodedClip, DecodeFailure, FrameSampler
 
@@ -366,65 +367,73 @@ class _Source:
 
 
 class _Progress:
-    """A rich progress bar (items, items/s, failures, last failure) or nothing."""
+    """Extraction progress on stderr (stdout stays clean for the summary / --json): a rich bar
+    (items, items/s, failures, last failure) on a terminal, plain lines elsewhere, or nothing."""
 
     def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled = enabled and total > 0
         self._failed = 0
-        self._bar: Any = None
-        if not self.enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
+        self._progress = StepProgress(
+            label,
+            total,
+            enabled=enabled and total > 0,
+            describe=_extract_line,
+            columns=_extract_columns,
+            fields={"failed": 0, "last": ""},
+            stream=sys.stderr,
         )
-        from rich.text import Text
-
-        class _Rate(ProgressColumn):
-            def render(self, task: Any) -> Text:
-                speed = task.finished_speed or task.speed
-                return Text(f"{speed:.2f} items/s" if speed else "- items/s", style="cyan")
-
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _Rate(),
-            TextColumn("[red]{task.fields[failed]} failed"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("[dim]{task.fields[last]}"),
-            console=Console(stderr=True),  # stdout stays clean for the summary / --json
-            transient=False,
-        )
-        self._task = self._bar.add_task(label, total=total, failed=0, last="")
+        self.enabled = self._progress.enabled
 
     def __enter__(self) -> _Progress:
-        if self._bar is not None:
-            self._bar.__enter__()
+        self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
 
     def done(self, n: int = 1) -> None:
-        if self._bar is not None and n:
-            self._bar.advance(self._task, n)
+        if n:
+            self._progress.update(n)
 
     def failed(self, item_id: str, reason: str) -> None:
         self._failed += 1
-        if self._bar is not None:
-            short = reason if len(reason) <= 60 else reason[:57] + "..."
-            self._bar.update(self._task, advance=1, failed=self._failed, last=f"{item_id}: {short}")
-            # One line per failure above the bar, so the reasons stay on screen after the run.
-            self._bar.console.print(f"[red]failed[/red] {item_id}: {reason}", markup=True, highlight=False)
+        # One line per failure (above the bar on a terminal), so the reasons stay after the run.
+        self._progress.print(f"failed {item_id}: {reason}", style="red")
+        short = reason if len(reason) <= 60 else reason[:57] + "..."
+        self._progress.update(1, failed=self._failed, last=f"{item_id}: {short}")
+
+
+def _extract_line(s: ProgressState) -> str:
+    return (
+        f"{s.completed}/{s.total} items, {s.fields['failed']} failed, {s.rate:.1f} items/s, {s.elapsed:.0f} s"
+    )
+
+
+def _extract_columns() -> list[Any]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class _Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.2f} items/s" if speed else "- items/s", style="cyan")
+
+    return [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("[dim]{task.fields[last]}"),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -126,7 +126,12 @@ def run_experiment(
     seed_everything(train_config.seed)
     data_split, name = prepared or prepare_split(spec, protocol)
     model, data_split = build_for_split(model_config, data_split)
-    result: TrainResult = train(model, data_split, train_config, run_dir=run_dir, progress=progress)
+    label = f"train {model_config.name}"
+    if model_config.item_encoder != "id":
+        label += f" + {model_config.item_encoder}" + (" + id" if model_config.id_fusion else "")
+    result: TrainResult = train(
+        model, data_split, train_config, run_dir=run_dir, progress=progress, label=label
+    )
     started = time.perf_counter()
     kw = {"batch_size": train_config.eval_batch_size, "device": train_config.device}
     test = evaluate(model, data_split, "test", **kw)

@@ -6,17 +6,18 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import save_file
 
 from linkedout.data.batches import TrainWindows
 from linkedout.data.protocol import Split
 from linkedout.models.base import Recommender, TrainBatch
+from linkedout.progress import ProgressState, StepProgress
 from linkedout.train.evaluate import evaluate
 
 
@@ -62,8 +63,10 @@ def train(
     *,
     run_dir: Path | None = None,
     progress: bool = True,
+    label: str = "train",
 ) -> TrainResult:
-    """Fit ``model`` on ``split``'s training events; returns with the best validation weights loaded."""
+    """Fit ``model`` on ``split``'s training events; returns with the best validation weights loaded.
+    ``label`` names the run in progress output (e.g. "train sasrec")."""
     started = time.perf_counter()
     device = torch.device(config.device)
     model.to(device)
@@ -81,9 +84,17 @@ def train(
     best = TrainResult(-1, {config.select_metric: -math.inf})
     best_state: dict[str, torch.Tensor] = {}
     history: list[dict] = []
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("epoch 1", total=config.epochs)
+    metric = config.select_metric
+    with StepProgress(
+        label,
+        config.epochs,
+        enabled=progress,
+        describe=_epoch_line(metric),
+        columns=_epoch_columns,
+        fields={"epoch": 1, "step": 0, "steps": 0, "best": None, "best_epoch": 0, "stop": None},
+        transient=True,
+    ) as bar:
+        bar.update(description="epoch 1")
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
@@ -92,6 +103,7 @@ def train(
                 order = rng.permutation(len(w_end))
                 w_start, w_end = w_start[order], w_end[order]
             total, steps = 0.0, 0
+            bar.update(epoch=epoch, step=0, steps=math.ceil(len(w_end) / config.batch_size))
             for lo in range(0, len(w_end), config.batch_size):
                 inputs, targets = windows.batch(
                     train_items, w_start[lo : lo + config.batch_size], w_end[lo : lo + config.batch_size]
@@ -106,6 +118,7 @@ def train(
                 optimizer.step()
                 total += loss.item()
                 steps += 1
+                bar.update(step=steps)  # a plain line can come mid-epoch: long epochs still show life
             valid = evaluate(model, split, "valid", batch_size=config.eval_batch_size, device=device)
             elapsed = time.perf_counter() - started
             record = {
@@ -122,19 +135,44 @@ def train(
                 if run_dir is not None:
                     save_checkpoint(model, run_dir / "model.safetensors")
             bar.update(
-                task,
-                advance=1,
-                description=f"epoch {epoch} loss {record['loss']:.4f} valid {config.select_metric} "
-                f"{score:.4f} (best {best.best_valid[config.select_metric]:.4f} @ {best.best_epoch})",
+                1,
+                description=f"epoch {epoch} loss {record['loss']:.4f} valid {metric} "
+                f"{score:.4f} (best {best.best_valid[metric]:.4f} @ {best.best_epoch})",
+                best=best.best_valid[metric],
+                best_epoch=best.best_epoch,
             )
             if epoch - best.best_epoch >= config.patience:
+                bar.update(stop=f"early stop ({config.patience} epochs without a better {metric})")
                 break
             if config.max_train_seconds and elapsed > config.max_train_seconds:
+                bar.update(stop=f"time limit ({config.max_train_seconds:g} s)")
                 break
     model.load_state_dict(best_state)
     best.history = history
     best.train_seconds = time.perf_counter() - started
     return best
+
+
+def _epoch_line(metric: str) -> Callable[[ProgressState], str]:
+    """Plain progress line of a training run: where it is and the best epoch so far."""
+
+    def describe(s: ProgressState) -> str:
+        f = s.fields
+        text = f"epoch {f['epoch']}/{s.total}, step {f['step']}/{f['steps']}, {s.elapsed:.0f} s"
+        if f["best_epoch"] > 0:
+            text += f", best valid {metric} {f['best']:.4f} (epoch {f['best_epoch']})"
+        if f["stop"]:
+            text += f", {f['stop']}"
+        return text
+
+    return describe
+
+
+def _epoch_columns() -> list:
+    """The terminal bar, as before: a description updated every epoch, epochs done, time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
