@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from linkedout.serve.app import ServeConfig, create_app
+from linkedout.serve.app import create_app
+from linkedout.serve.state import ServeConfig
 from linkedout.serve.synthetic import synthetic_bundle
 
 N_ITEMS = 40
