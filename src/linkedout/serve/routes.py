@@ -248,8 +248,9 @@ async def add_item(body: NewItem, state: State = Depends(get_state)) -> ItemInfo
 @router.get("/v1/items", response_model=ItemList)
 async def list_items(
     state: State = Depends(get_state),
-    offset: int = Query(0, ge=0),
-    limit: int = Query(60, ge=1, le=500),
+    # Annotated rather than `= Query(0, ...)`: a direct call (a test) then gets the real defaults
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 60,
     q: Annotated[str, StringConstraints(max_length=200)] | None = None,
 ) -> ItemList:
     engine = state.engine
