@@ -6,7 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SERVE_MODULES = ["linkedout.serve.app", "linkedout.serve.bundle", "linkedout.serve.engine"]
+SERVE_MODULES = [
+    "linkedout.serve.app",
+    "linkedout.serve.routes",
+    "linkedout.serve.bundle",
+    "linkedout.serve.engine",
+]
 
 
 def imported_after(modules: list[str]) -> set[str]:

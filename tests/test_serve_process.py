@@ -166,7 +166,8 @@ def test_new_item_from_a_video_path_is_extracted_with_the_bundle_backbone(sample
 
     from linkedout.backbones import get_backbone
     from linkedout.backbones.extractor import Extractor
-    from linkedout.serve.app import ServeConfig, create_app
+    from linkedout.serve.app import create_app
+    from linkedout.serve.state import ServeConfig
     from linkedout.video import FrameSampler
 
     sampler = FrameSampler(4, 128)

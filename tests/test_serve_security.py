@@ -9,7 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from linkedout.serve.app import ServeConfig, check_bind, create_app, resolve_media_path
+from linkedout.serve.app import create_app
+from linkedout.serve.security import check_bind, resolve_media_path
+from linkedout.serve.state import ServeConfig
 from linkedout.synthetic import synthetic_bundle
 
 EVENT = {"events": [{"event_id": "e1", "user_id": "u", "item_id": "i1"}]}

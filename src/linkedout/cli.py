@@ -481,8 +481,10 @@ def serve_cmd(
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve a bundle over HTTP: /v1/recommend, /v1/events, /v1/items, /healthz, /metrics and a page at /."""
-    from linkedout.serve.app import ServeConfig, check_bind, run_server
+    from linkedout.serve.app import run_server
     from linkedout.serve.bundle import BundleError, load_bundle
+    from linkedout.serve.security import check_bind
+    from linkedout.serve.state import ServeConfig
 
     try:
         check_bind(host, api_key)
