@@ -216,15 +216,6 @@ def demo_cmd(
         raise typer.Exit(2) from None
 
 
-def _parse_int_layers(spec: str, backbone: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in spec.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(
-            f"--layers for the {backbone} backbone is a comma list of integers, got {spec!r}"
-        ) from None
-
-
 @app.command("extract")
 def extract_cmd(
     catalog: str = typer.Option(
@@ -271,59 +262,28 @@ def extract_cmd(
     command after an interruption; items already stored are skipped)."""
     import json
 
-    from linkedout.backbones import BACKBONES, get_backbone
     from linkedout.data.formats import DataFormatError
-    from linkedout.extract import ExtractError, default_frame_size, extract, load_catalog
+    from linkedout.extract import ExtractError, ExtractOptions
     from linkedout.store import FingerprintMismatchError
-    from linkedout.video import FrameSampler
 
-    kind = backbone.partition(":")[0]
+    options = ExtractOptions(
+        backbone=backbone,
+        frames=frames,
+        size=size,
+        batch_size=batch_size,
+        workers=workers,
+        torch_threads=torch_threads,
+        parallel=parallel,
+        limit=limit,
+        prompt=prompt,
+        layers=layers,
+        model=model,
+        new_tokens=new_tokens,
+        device=device,
+        retry_failed=retry_failed,
+    )
     try:
-        if kind not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-        if parallel not in ("threads", "processes"):
-            raise ValueError(f"--parallel must be threads or processes, not {parallel!r}")
-        unused = {
-            "--prompt": prompt is not None and kind == "frames",
-            "--model": model is not None and kind != "vllm",
-            "--new-tokens": new_tokens is not None and kind != "vllm",
-        }
-        for flag, bad in unused.items():
-            if bad:  # silently ignoring an option would make the user believe it took effect
-                raise ValueError(f"{flag} does not apply to the {kind} backbone")
-        items = load_catalog(catalog)
-        if len(items) == 0:
-            raise ValueError(f"the catalog {catalog} holds no items (no video files / empty manifest)")
-        options: dict = {"device": device}
-        if prompt is not None:
-            options["prompt"] = prompt
-        if layers is not None:
-            options["layers"] = layers if kind == "vllm" else _parse_int_layers(layers, kind)
-        if kind == "vllm":
-            options["batch_size"] = batch_size
-            if model is not None:
-                options["model"] = model
-            if new_tokens is not None:
-                options["new_tokens"] = new_tokens
-        sampler = None
-        if kind != "text":
-            short_side = default_frame_size(kind) if size is None else (size or None)  # 0 = stored size
-            sampler = FrameSampler(frames, short_side)
-            options["sampler"] = sampler.fingerprint()  # the backbone records it in its fingerprint too
-        bb = get_backbone(backbone, **options)
-        report = extract(
-            items,
-            bb,
-            store,
-            sampler=sampler,
-            batch_size=batch_size,
-            workers=workers,
-            parallel=parallel,  # type: ignore[arg-type]
-            limit=limit,
-            retry_failed=retry_failed,
-            progress=not quiet,
-            torch_threads=torch_threads or None,
-        )
+        report = options.run(catalog, store, progress=not quiet)
     except (OSError, ImportError, DataFormatError, FingerprintMismatchError, ExtractError, ValueError) as e:
         # OSError: a model that cannot be found or downloaded; ImportError: an optional stack missing
         typer.echo(f"error: {e}", err=True)

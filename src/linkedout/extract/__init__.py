@@ -1,7 +1,8 @@
 """linkedout.extract: catalog -> frames -> frozen backbone -> FeatureStore, resumable (see pipeline.py).
 
 Public API: :func:`extract`, :class:`ExtractReport`, :class:`ExtractError`, :func:`load_catalog`,
-:func:`describe_store`, :func:`format_store_info`.
+:class:`ExtractOptions` (a run's settings, checked per backbone kind), :func:`describe_store`,
+:func:`format_store_info`.
 
 Names are resolved lazily (PEP 562): decode worker processes import ``linkedout.extract.decode_worker``
 and must not pull the pipeline (hence Lance and the store) in with the package.
@@ -24,6 +25,8 @@ _EXPORTS = {
     "item_text": "pipeline",
     "load_catalog": "pipeline",
     "pipeline_fingerprint_fields": "pipeline",
+    "ExtractOptions": "options",
+    "PARALLEL_MODES": "options",
     "describe_store": "storeinfo",
     "format_store_info": "storeinfo",
 }
