@@ -2,11 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import typer
+import typer.main
+from typer.core import TyperCommand, TyperGroup
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+class _Lazy:
+    """A command that is built on first lookup (see `_LazyCommands`)."""
+
+    def __init__(self, build: Callable[[], TyperCommand]) -> None:
+        self.build = build
+
+
+class _CommandTable(dict):
+    """name -> command, where a `_Lazy` value is built on first lookup: names and their order (help,
+    "did you mean ...?" suggestions) are known without building anything."""
+
+    def __getitem__(self, name: str) -> Any:
+        value = super().__getitem__(name)
+        if isinstance(value, _Lazy):
+            value = self[name] = value.build()
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:  # dict.get does not go through __getitem__
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+
+class _LazyCommands(TyperGroup):
+    """The `linkedout` group, with some commands built only when they are used.
+
+    `train` takes its options from ModelConfig / TrainConfig fields, and their modules import torch
+    (1-3 s): built with the others, every `linkedout version` or `fetch-samples` would pay for it.
+    `linkedout --help` shows every command's help, so it does build them."""
+
+    # name -> (position among the commands, builder); filled where each command is defined
+    lazy: ClassVar[dict[str, tuple[int, Callable[[], TyperCommand]]]] = {}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        entries: list[tuple[str, Any]] = list(self.commands.items())
+        for name, (position, build) in sorted(self.lazy.items(), key=lambda kv: kv[1][0]):
+            entries.insert(position, (name, _Lazy(build)))
+        self.commands = _CommandTable(entries)
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=_LazyCommands)
 
 
 @app.command()
@@ -82,47 +129,20 @@ def data_info_cmd(
             typer.echo(f"item {item_id}: {ds.item_meta[item_id]}")
 
 
-@app.command("train")
 def train_cmd(
     dataset: str = typer.Option("ml-100k", "--dataset", help="Sample name (ml-100k) or a path to a log."),
     protocol: str = typer.Option("recbole", "--protocol", help="microlens | recbole"),
     model: str = typer.Option("sasrec", "--model", help="pop | itemknn | sasrec | gru4rec | mean"),
-    item_encoder: str = typer.Option(
-        "id", "--item-encoder", help="id | last | mean | dff | linkedout | caption"
-    ),
-    features: str | None = typer.Option(None, "--features", help="Feature store for content item encoders."),
-    id_fusion: bool | None = typer.Option(None, "--id-fusion/--no-id-fusion", help="Fuse content with IDs."),
-    id_dropout: float | None = typer.Option(
-        None, "--id-dropout", help="ID fusion: share of items trained on content alone per step."
-    ),
-    compressor: str | None = typer.Option(None, "--compressor", help="linkedout: attn | mlp"),
-    top_k: int | None = typer.Option(None, "--top-k", help="linkedout: keep the top-k layers per item."),
+    # here: one option per ModelConfig / TrainConfig field declared with flag_field (see _build_train)
     cold_items: float | None = typer.Option(None, "--cold-items", help="Hold this fraction of items out."),
-    seed: int = typer.Option(0, "--seed"),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Save weights + run.json (for evaluate)."),
-    epochs: int | None = typer.Option(
-        None, "--epochs", help="Most epochs (early stopping usually ends first)."
-    ),
-    patience: int | None = typer.Option(None, "--patience", help="Stop after N epochs without improvement."),
-    lr: float | None = typer.Option(None, "--lr"),
-    weight_decay: float | None = typer.Option(None, "--weight-decay"),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
-    dim: int | None = typer.Option(None, "--dim"),
-    blocks: int | None = typer.Option(None, "--blocks"),
-    heads: int | None = typer.Option(None, "--heads"),
-    dropout: float | None = typer.Option(None, "--dropout"),
-    loss: str | None = typer.Option(None, "--loss", help="ce (full softmax) | inbatch"),
-    logq: bool | None = typer.Option(None, "--logq/--no-logq", help="Log-popularity correction (inbatch)."),
     max_len: int | None = typer.Option(None, "--max-len", help="Override the protocol's history length."),
     sampled: int | None = typer.Option(None, "--sampled-negatives", help="Sampled metrics (inflated!)."),
-    device: str | None = typer.Option(None, "--device", help="cpu (default), cuda, mps"),
-    precision: str | None = typer.Option(
-        None, "--precision", help="fp32 | bf16 | auto (bf16 where the hardware is fast at it)."
-    ),
     format: str | None = typer.Option(None, "--format", help="Log format when --dataset is a path."),
     min_rating: float | None = typer.Option(None, "--min-rating"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    **settings: Any,
 ) -> None:
     """Train one model, pick the best validation epoch, evaluate on test, print a table (and JSON).
 
@@ -138,30 +158,7 @@ def train_cmd(
     try:
         proto = get_protocol(protocol, max_seq_len=max_len, sampled_negatives=sampled, cold_items=cold_items)
         spec = DatasetSpec(path=dataset, format=format, min_rating=min_rating)
-        mc, tc = recipe(
-            model,
-            proto.name,
-            seed=seed,
-            epochs=epochs,
-            patience=patience,
-            lr=lr,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            dim=dim,
-            blocks=blocks,
-            heads=heads,
-            dropout=dropout,
-            loss=loss,
-            logq=logq,
-            device=device,
-            precision=precision,
-            item_encoder=item_encoder,
-            features=features,
-            id_fusion=id_fusion,
-            id_dropout=id_dropout,
-            compressor=compressor,
-            top_k=top_k,
-        )
+        mc, tc = recipe(model, proto.name, **settings)  # None (unset) leaves the recipe's value
         result = run_experiment(spec, proto, mc, tc, run_dir=run_dir, progress=not quiet)
     except (DataFormatError, FileNotFoundError, KeyError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -172,6 +169,19 @@ def train_cmd(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(row, indent=1))
         typer.echo(f"wrote {json_out}")
+
+
+def _build_train() -> TyperCommand:
+    from linkedout.flags import with_config_options
+    from linkedout.models import ModelConfig
+    from linkedout.train.trainer import TrainConfig
+
+    single = typer.Typer(add_completion=False)
+    single.command("train")(with_config_options(train_cmd, ModelConfig, TrainConfig, after="model"))
+    return typer.main.get_command(single)  # type: ignore[return-value]  # one command, not a group
+
+
+_LazyCommands.lazy["train"] = (len(app.registered_commands), _build_train)
 
 
 @app.command("evaluate")
@@ -215,15 +225,6 @@ def demo_cmd(
     except SampleFetchError as e:  # the demo is a user's first contact: a message, not a traceback
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-
-
-def _parse_int_layers(spec: str, backbone: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in spec.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(
-            f"--layers for the {backbone} backbone is a comma list of integers, got {spec!r}"
-        ) from None
 
 
 @app.command("extract")
@@ -272,59 +273,28 @@ def extract_cmd(
     command after an interruption; items already stored are skipped)."""
     import json
 
-    from linkedout.backbones import BACKBONES, get_backbone
     from linkedout.data.formats import DataFormatError
-    from linkedout.extract import ExtractError, default_frame_size, extract, load_catalog
+    from linkedout.extract import ExtractError, ExtractOptions
     from linkedout.store import FingerprintMismatchError
-    from linkedout.video import FrameSampler
 
-    kind = backbone.partition(":")[0]
+    options = ExtractOptions(
+        backbone=backbone,
+        frames=frames,
+        size=size,
+        batch_size=batch_size,
+        workers=workers,
+        torch_threads=torch_threads,
+        parallel=parallel,
+        limit=limit,
+        prompt=prompt,
+        layers=layers,
+        model=model,
+        new_tokens=new_tokens,
+        device=device,
+        retry_failed=retry_failed,
+    )
     try:
-        if kind not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-        if parallel not in ("threads", "processes"):
-            raise ValueError(f"--parallel must be threads or processes, not {parallel!r}")
-        unused = {
-            "--prompt": prompt is not None and kind == "frames",
-            "--model": model is not None and kind != "vllm",
-            "--new-tokens": new_tokens is not None and kind != "vllm",
-        }
-        for flag, bad in unused.items():
-            if bad:  # silently ignoring an option would make the user believe it took effect
-                raise ValueError(f"{flag} does not apply to the {kind} backbone")
-        items = load_catalog(catalog)
-        if len(items) == 0:
-            raise ValueError(f"the catalog {catalog} holds no items (no video files / empty manifest)")
-        options: dict = {"device": device}
-        if prompt is not None:
-            options["prompt"] = prompt
-        if layers is not None:
-            options["layers"] = layers if kind == "vllm" else _parse_int_layers(layers, kind)
-        if kind == "vllm":
-            options["batch_size"] = batch_size
-            if model is not None:
-                options["model"] = model
-            if new_tokens is not None:
-                options["new_tokens"] = new_tokens
-        sampler = None
-        if kind != "text":
-            short_side = default_frame_size(kind) if size is None else (size or None)  # 0 = stored size
-            sampler = FrameSampler(frames, short_side)
-            options["sampler"] = sampler.fingerprint()  # the backbone records it in its fingerprint too
-        bb = get_backbone(backbone, **options)
-        report = extract(
-            items,
-            bb,
-            store,
-            sampler=sampler,
-            batch_size=batch_size,
-            workers=workers,
-            parallel=parallel,  # type: ignore[arg-type]
-            limit=limit,
-            retry_failed=retry_failed,
-            progress=not quiet,
-            torch_threads=torch_threads or None,
-        )
+        report = options.run(catalog, store, progress=not quiet)
     except (OSError, ImportError, DataFormatError, FingerprintMismatchError, ExtractError, ValueError) as e:
         # OSError: a model that cannot be found or downloaded; ImportError: an optional stack missing
         typer.echo(f"error: {e}", err=True)

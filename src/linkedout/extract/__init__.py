@@ -1,6 +1,7 @@
 """linkedout.extract: catalog -> frames -> frozen backbone -> FeatureStore, resumable (see pipeline.py).
 
-Public API: :func:`extract`, :class:`ExtractReport`, :class:`ExtractError`, :func:`load_catalog`.
+Public API: :func:`extract`, :class:`ExtractReport`, :class:`ExtractError`, :func:`load_catalog`,
+:class:`ExtractOptions` (a run's settings, checked per backbone kind).
 A store's description (`linkedout store info`) lives with the store: `linkedout.store.info`.
 
 Names are resolved lazily (PEP 562): decode worker processes import ``linkedout.extract.decode_worker``
@@ -21,6 +22,8 @@ _EXPORTS = {
     "default_workers": "pipeline",
     "extract": "pipeline",
     "load_catalog": "pipeline",
+    "ExtractOptions": "options",
+    "PARALLEL_MODES": "options",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from linkedout.flags import flag_field
 from linkedout.models.base import ItemEncoder, Recommender, TrainBatch
 
 MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean")
@@ -18,22 +19,27 @@ class ModelConfig:
     """Everything that defines a model's architecture and loss (saved beside every checkpoint)."""
 
     name: str = "sasrec"
-    dim: int = 64
-    blocks: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    loss: str = "ce"  # ce | inbatch
-    logq: bool = False  # log-popularity correction for the in-batch loss
+    dim: int = flag_field(64, "--dim", "Embedding width (items and users).")
+    blocks: int = flag_field(2, "--blocks", "sasrec: transformer blocks; gru4rec: GRU layers.")
+    heads: int = flag_field(2, "--heads", "sasrec: attention heads per block.")
+    dropout: float = flag_field(0.2, "--dropout")
+    loss: str = flag_field("ce", "--loss", "ce (full softmax) | inbatch")
+    logq: bool = flag_field(False, "--logq/--no-logq", "Log-popularity correction (inbatch).")
     knn_neighbours: int = 200
     knn_history: int = 1
     # item side (issue: LinkedOut item encoders); features come from a feature store
-    item_encoder: str = "id"  # id | last | mean | dff | linkedout | caption
-    features: str | None = None  # feature store path (not needed for id)
-    id_fusion: bool = False  # fuse content with the ID embedding (DFF gate); DFF always does
-    id_dropout: float = 0.1
-    compressor: str = "attn"  # linkedout: attn | mlp
+    item_encoder: str = flag_field(
+        "id", "--item-encoder", "id | last | mean | dff | linkedout | caption", show_default=True
+    )
+    features: str | None = flag_field(None, "--features", "Feature store for content item encoders.")
+    # fuse content with the ID embedding (DFF gate); DFF always does
+    id_fusion: bool = flag_field(False, "--id-fusion/--no-id-fusion", "Fuse content with IDs.")
+    id_dropout: float = flag_field(
+        0.1, "--id-dropout", "ID fusion: share of items trained on content alone per step."
+    )
+    compressor: str = flag_field("attn", "--compressor", "linkedout: attn | mlp")
     temperature: float = 1.0  # linkedout: gate softmax temperature
-    top_k: int | None = None  # linkedout: keep only the top-k layers per item
+    top_k: int | None = flag_field(None, "--top-k", "linkedout: keep the top-k layers per item.")
     balance: float = 0.0  # linkedout: load-balancing weight
 
     def to_dict(self) -> dict[str, Any]:
