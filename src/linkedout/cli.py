@@ -2,58 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import typer
-import typer.main
-from typer.core import TyperCommand, TyperGroup
 
+from linkedout.config import ModelConfig, TrainConfig
+from linkedout.flags import with_config_options
 
-class _Lazy:
-    """A command that is built on first lookup (see `_LazyCommands`)."""
-
-    def __init__(self, build: Callable[[], TyperCommand]) -> None:
-        self.build = build
-
-
-class _CommandTable(dict):
-    """name -> command, where a `_Lazy` value is built on first lookup: names and their order (help,
-    "did you mean ...?" suggestions) are known without building anything."""
-
-    def __getitem__(self, name: str) -> Any:
-        value = super().__getitem__(name)
-        if isinstance(value, _Lazy):
-            value = self[name] = value.build()
-        return value
-
-    def get(self, name: str, default: Any = None) -> Any:  # dict.get does not go through __getitem__
-        try:
-            return self[name]
-        except KeyError:
-            return default
-
-
-class _LazyCommands(TyperGroup):
-    """The `linkedout` group, with some commands built only when they are used.
-
-    `train` takes its options from ModelConfig / TrainConfig fields, and their modules import torch
-    (1-3 s): built with the others, every `linkedout version` or `fetch-samples` would pay for it.
-    `linkedout --help` shows every command's help, so it does build them."""
-
-    # name -> (position among the commands, builder); filled where each command is defined
-    lazy: ClassVar[dict[str, tuple[int, Callable[[], TyperCommand]]]] = {}
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        entries: list[tuple[str, Any]] = list(self.commands.items())
-        for name, (position, build) in sorted(self.lazy.items(), key=lambda kv: kv[1][0]):
-            entries.insert(position, (name, _Lazy(build)))
-        self.commands = _CommandTable(entries)
-
-
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=_LazyCommands)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 
 @app.command()
@@ -133,7 +90,7 @@ def train_cmd(
     dataset: str = typer.Option("ml-100k", "--dataset", help="Sample name (ml-100k) or a path to a log."),
     protocol: str = typer.Option("recbole", "--protocol", help="microlens | recbole"),
     model: str = typer.Option("sasrec", "--model", help="pop | itemknn | sasrec | gru4rec | mean"),
-    # here: one option per ModelConfig / TrainConfig field declared with flag_field (see _build_train)
+    # here: one option per ModelConfig / TrainConfig field declared with flag_field (see below)
     cold_items: float | None = typer.Option(None, "--cold-items", help="Hold this fraction of items out."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Save weights + run.json (for evaluate)."),
@@ -171,17 +128,8 @@ def train_cmd(
         typer.echo(f"wrote {json_out}")
 
 
-def _build_train() -> TyperCommand:
-    from linkedout.flags import with_config_options
-    from linkedout.models import ModelConfig
-    from linkedout.train.trainer import TrainConfig
-
-    single = typer.Typer(add_completion=False)
-    single.command("train")(with_config_options(train_cmd, ModelConfig, TrainConfig, after="model"))
-    return typer.main.get_command(single)  # type: ignore[return-value]  # one command, not a group
-
-
-_LazyCommands.lazy["train"] = (len(app.registered_commands), _build_train)
+# train's options: its own above, then one per config field declared with `flag_field` (linkedout/flags.py)
+app.command("train")(with_config_options(train_cmd, ModelConfig, TrainConfig, after="model"))
 
 
 @app.command("evaluate")

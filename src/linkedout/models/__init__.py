@@ -2,64 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
-
 import numpy as np
 import torch
 
-from linkedout.flags import flag_field
+from linkedout.config import ModelConfig
 from linkedout.models.base import ItemEncoder, Recommender, TrainBatch
 
 MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean")
-
-
-@dataclass
-class ModelConfig:
-    """Everything that defines a model's architecture and loss (saved beside every checkpoint)."""
-
-    name: str = "sasrec"
-    dim: int = flag_field(64, "--dim", "Embedding width (items and users).")
-    blocks: int = flag_field(2, "--blocks", "sasrec: transformer blocks; gru4rec: GRU layers.")
-    heads: int = flag_field(2, "--heads", "sasrec: attention heads per block.")
-    dropout: float = flag_field(0.2, "--dropout")
-    loss: str = flag_field("ce", "--loss", "ce (full softmax) | inbatch")
-    logq: bool = flag_field(False, "--logq/--no-logq", "Log-popularity correction (inbatch).")
-    knn_neighbours: int = 200
-    knn_history: int = 1
-    # item side (issue: LinkedOut item encoders); features come from a feature store
-    item_encoder: str = flag_field(
-        "id", "--item-encoder", "id | last | mean | dff | linkedout | caption", show_default=True
-    )
-    features: str | None = flag_field(None, "--features", "Feature store for content item encoders.")
-    # fuse content with the ID embedding (DFF gate); DFF always does
-    id_fusion: bool = flag_field(False, "--id-fusion/--no-id-fusion", "Fuse content with IDs.")
-    id_dropout: float = flag_field(
-        0.1, "--id-dropout", "ID fusion: share of items trained on content alone per step."
-    )
-    compressor: str = flag_field("attn", "--compressor", "linkedout: attn | mlp")
-    temperature: float = 1.0  # linkedout: gate softmax temperature
-    top_k: int | None = flag_field(None, "--top-k", "linkedout: keep the top-k layers per item.")
-    balance: float = 0.0  # linkedout: load-balancing weight
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict: what run.json and bundle.json store."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """The config saved by `to_dict`. A key this version does not know is an error rather than
-        ignored: it would be an architecture setting that silently stopped applying."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"model config has settings this version of linkedout does not know: {unknown} "
-                "(saved by a newer version?)"
-            )
-        return cls(**data)
-
-
 ITEM_ENCODERS = ("id", "last", "mean", "dff", "linkedout", "caption")
 
 

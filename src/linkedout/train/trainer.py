@@ -14,34 +14,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from linkedout.config import TrainConfig
 from linkedout.data.batches import TrainWindows
 from linkedout.data.protocol import Split
-from linkedout.flags import flag_field
 from linkedout.models.base import Recommender, TrainBatch
 from linkedout.progress import ProgressState, StepProgress
 from linkedout.train.evaluate import evaluate
-
-
-@dataclass
-class TrainConfig:
-    lr: float = flag_field(1e-3, "--lr", "AdamW learning rate.")
-    weight_decay: float = flag_field(0.0, "--weight-decay", "AdamW weight decay.")
-    # "bf16": the training forward runs under bfloat16 autocast (matmuls in bf16, the softmax loss in
-    # fp32; weights, optimizer and evaluation stay fp32). "auto": bf16 where the device has fast bf16
-    # matmuls (CPU: AVX512-BF16 or AMX; CUDA: Ampere or newer), else fp32.
-    precision: str = flag_field(
-        "fp32", "--precision", "fp32 | bf16 | auto (bf16 where the hardware is fast at it)."
-    )
-    batch_size: int = flag_field(128, "--batch-size", "Training sequences per step.")
-    epochs: int = flag_field(200, "--epochs", "Most epochs (early stopping usually ends first).")
-    patience: int = flag_field(10, "--patience", "Stop after N epochs without improvement.")
-    select_metric: str = "NDCG@10"
-    jitter: bool = True  # random window phase per epoch (see TrainWindows)
-    grad_clip: float | None = 5.0
-    seed: int = flag_field(0, "--seed", show_default=True)
-    device: str = flag_field("cpu", "--device", "cpu (default), cuda, mps")
-    eval_batch_size: int = 512
-    max_train_seconds: float | None = None
 
 
 @dataclass
