@@ -184,3 +184,19 @@ def test_itemknn_recommends_the_co_watched_next_item():
     model = build_model(ModelConfig(name="itemknn"), s.n_items, 50)
     model.fit(s)
     assert evaluate(model, s, "test")["HR@10"] > 0.9
+
+
+def test_model_config_round_trips_and_refuses_settings_it_does_not_know():
+    config = ModelConfig(name="gru4rec", dim=24, item_encoder="linkedout", top_k=2)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="does not know: \\['new_knob'\\]"):
+        ModelConfig.from_dict({**config.to_dict(), "new_knob": 1})
+
+
+def test_left_pad_keeps_the_most_recent_items_at_the_right():
+    from linkedout.data.batches import left_pad
+
+    out = left_pad([np.array([1, 2, 3]), np.array([4]), np.array([], dtype=np.int64)])
+    assert out.tolist() == [[1, 2, 3], [PAD, PAD, 4], [PAD, PAD, PAD]]
+    assert left_pad([np.array([1, 2, 3])], 2).tolist() == [[2, 3]]
+    assert left_pad([np.array([], dtype=np.int64)]).shape == (1, 1)  # never zero columns
