@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linkedout.explain import explain_history
-from linkedout.serve.bundle import load_bundle
+from linkedout.serve.bundle import BundleError, load_bundle
 from linkedout.serve.engine import Engine, RecRequest
 from linkedout.serve.index import ExactIndex, make_index
 from linkedout.synthetic import synthetic_bundle
@@ -157,3 +157,11 @@ def test_explain_window_occludes_only_the_most_recent_items():
         drops = dict(want)
         for i, d in got:
             assert d == pytest.approx(drops[i], abs=1e-5)
+
+
+def test_a_bundle_whose_model_config_this_version_cannot_read_is_refused_when_loaded(tmp_path):
+    bundle, _ = synthetic_bundle(10)
+    bundle.meta["model_config"]["new_knob"] = 3  # e.g. written by a newer linkedout
+    bundle.save(tmp_path / "b")
+    with pytest.raises(BundleError, match="new_knob"):
+        load_bundle(tmp_path / "b")

@@ -365,10 +365,9 @@ def export_cmd(
     except (BundleError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    cfg = bundle.meta["model_config"]
+    cfg = bundle.model_config
     typer.echo(
-        f"wrote {out}: {bundle.n_items} items x {bundle.dim} "
-        f"({cfg.get('name')} + {cfg.get('item_encoder')}), "
+        f"wrote {out}: {bundle.n_items} items x {bundle.dim} ({cfg.name} + {cfg.item_encoder}), "
         f"new items {'encodable' if bundle.can_encode_items else 'not encodable (id-only)'}, "
         f"{len(bundle.thumbnails)} thumbnails"
     )

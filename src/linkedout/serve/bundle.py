@@ -56,6 +56,7 @@ class Bundle:
     item_state: dict[str, torch.Tensor] | None
     thumbnails: dict[int, bytes] = field(default_factory=dict)  # row -> JPEG
     path: Path | None = None
+    model_config: ModelConfig = field(init=False)
 
     @property
     def n_items(self) -> int:
@@ -87,9 +88,13 @@ class Bundle:
         return self.item_state is not None
 
     # ------------------------------------------------------------------ modules
-    @property
-    def model_config(self) -> ModelConfig:
-        return ModelConfig.from_dict(self.meta["model_config"])
+    def __post_init__(self) -> None:
+        try:  # checked once, when the bundle is read: a server must not fail later, at first use
+            self.model_config = ModelConfig.from_dict(self.meta["model_config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(
+                f"bundle{f' at {self.path}' if self.path else ''}: bad model config: {e}"
+            ) from None
 
     @property
     def extractor_spec(self) -> ExtractorSpec | None:
@@ -108,7 +113,7 @@ class Bundle:
         content alone - exactly what the trained model does for an item with no training events)."""
         if self.item_state is None:
             raise BundleError(
-                f"this bundle's item encoder is {self.meta['model_config'].get('item_encoder')!r}: new "
+                f"this bundle's item encoder is {self.model_config.item_encoder!r}: new "
                 "items need a content item encoder (last, mean, dff, linkedout, caption)"
             )
         shape = tuple(self.meta["feature_shape"])

@@ -194,7 +194,7 @@ async def add_item(body: NewItem, state: State = Depends(get_state)) -> ItemInfo
     if not state.bundle.can_encode_items:
         raise HTTPException(
             409,
-            f"this bundle's item encoder ({state.bundle.meta['model_config'].get('item_encoder')}) is "
+            f"this bundle's item encoder ({state.bundle.model_config.item_encoder}) is "
             "id-only: new items need a bundle exported from a content item encoder",
         )
     thumb = None
@@ -291,8 +291,8 @@ async def healthz(state: State = Depends(get_state)) -> dict:
         "events": state.n_events,
         "bundle_id": state.bundle.bundle_id,
         "fingerprint": state.bundle.fingerprint,
-        "model": state.bundle.meta["model_config"].get("name"),
-        "item_encoder": state.bundle.meta["model_config"].get("item_encoder"),
+        "model": state.bundle.model_config.name,
+        "item_encoder": state.bundle.model_config.item_encoder,
         "index": state.engine.index.kind,
         "protocol": card.get("protocol_line"),
         "metrics": card.get("metrics"),
