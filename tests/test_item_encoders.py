@@ -236,3 +236,27 @@ def test_encoder_settings_shorthand():
     assert encoder_settings("dff")["id_fusion"] is True
     with pytest.raises(ValueError, match="bad encoder spec"):
         encoder_settings("linkedout+foo")
+
+
+@pytest.mark.parametrize("encoder", ["linkedout", "dff", "id"])
+def test_explain_user_and_layer_plot_read_the_model_contract(encoder, tmp_path):
+    from linkedout.explain import explain_user, plot_layer_weights
+
+    torch.manual_seed(0)
+    data, features = content_walk(n_users=30, n_items=20)
+    s = split(data, Protocol("microlens", max_seq_len=6, mask_history=True))
+    config = ModelConfig(item_encoder=encoder, dim=16, dropout=0.0)
+    model = build_model(config, s.n_items, 6, s.train_item_counts(), None if encoder == "id" else features)
+    user = data.user_ids[3].item()
+    exp = explain_user(model.eval(), s, user, k=4)
+    assert exp.user == user and len(exp.recommendations) == 4
+    assert set(r.item for r in exp.recommendations).isdisjoint(exp.history)  # history masked
+    if encoder == "id":
+        assert exp.layer_names == () and exp.user_layer_weights is None
+        with pytest.raises(ValueError, match="no layer weights"):
+            plot_layer_weights(model, exp, tmp_path / "w.png")
+        return
+    assert exp.layer_names == ("l0", "l1", "l2", "l3")
+    assert sum(exp.user_layer_weights) == pytest.approx(1.0, abs=1e-5)
+    png = plot_layer_weights(model, exp, tmp_path / "w.png", n_items=10)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
