@@ -24,3 +24,37 @@ def samples_bench():
     from linkedout.samples import fetch_samples
 
     return fetch_samples("bench", quiet=True)
+
+
+def start_postgres(data_dir):
+    """A real PostgreSQL (pgserver's postgres 16 binaries) on a unix socket in ``data_dir``; skips the
+    test with the reason when it cannot start here. As root, pgserver runs postgres as a system user
+    and opens every parent of ``data_dir`` for reading: keep ``data_dir`` under a temporary directory."""
+    pgserver = pytest.importorskip("pgserver", reason="pgserver is not installed (pip install pgserver)")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'linkedout[postgres]')")
+    try:
+        return pgserver.get_server(data_dir, cleanup_mode="stop")
+    except Exception as e:  # initdb/pg_ctl failures surface as several exception types
+        pytest.skip(f"PostgreSQL (pgserver) could not start here: {type(e).__name__}: {e}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """One PostgreSQL for the session (~2 s to start); tests get a fresh database each (`postgres_url`)."""
+    srv = start_postgres(tmp_path_factory.mktemp("pg") / "data")
+    yield srv
+    srv.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """URL of an empty database of its own on the session's PostgreSQL."""
+    import re
+
+    import psycopg
+
+    name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:40] + f"_{id(request) % 100000}"
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres_server.get_uri(name)
