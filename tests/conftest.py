@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 
@@ -24,3 +29,48 @@ def samples_bench():
     from linkedout.samples import fetch_samples
 
     return fetch_samples("bench", quiet=True)
+
+
+@contextlib.contextmanager
+def running_postgres():
+    """A real PostgreSQL (pgserver's postgres 16 binaries) on a unix socket, stopped and deleted on
+    exit; skips the test with the reason when it cannot start here.
+
+    Its data dir is a fresh ``/tmp/linkedout-pg-*``, not under pytest's tmp_path: as root, pgserver
+    runs postgres as a system user and opens every parent of the data dir for reading, and pytest
+    closes its own base directory (0700) again, which locked that user out of ``pg_ctl stop``."""
+    pgserver = pytest.importorskip("pgserver", reason="pgserver is not installed (pip install pgserver)")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'linkedout[postgres]')")
+    root = Path(tempfile.mkdtemp(prefix="linkedout-pg-"))
+    try:
+        try:
+            srv = pgserver.get_server(root / "data", cleanup_mode="stop")
+        except Exception as e:  # initdb/pg_ctl failures surface as several exception types
+            pytest.skip(f"PostgreSQL (pgserver) could not start here: {type(e).__name__}: {e}")
+        try:
+            yield srv
+        finally:
+            srv.cleanup()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL for the session (~2 s to start); tests get a fresh database each (`postgres_url`)."""
+    with running_postgres() as srv:
+        yield srv
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """URL of an empty database of its own on the session's PostgreSQL."""
+    import re
+
+    import psycopg
+
+    name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:40] + f"_{id(request) % 100000}"
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres_server.get_uri(name)

@@ -29,3 +29,10 @@ def test_the_server_imports_neither_training_nor_offline_extraction():
     assert "linkedout.serve.engine" in loaded  # the check itself ran
     offline = sorted(m for m in loaded if m.split(".")[1:2] in (["train"], ["extract"], ["export"], ["cli"]))
     assert not offline, f"serve pulls in offline modules: {offline}"
+
+
+def test_the_event_store_imports_neither_the_server_nor_the_trainer():
+    loaded = imported_after(["linkedout.events", "linkedout.events.sqlite", "linkedout.events.reader"])
+    assert "linkedout.events.sqlite" in loaded
+    wrong = sorted(m for m in loaded if m.split(".")[1:2] in (["serve"], ["train"], ["cli"]))
+    assert not wrong, f"the event store pulls in: {wrong}"

@@ -87,7 +87,17 @@ def data_info_cmd(
 
 
 def train_cmd(
-    dataset: str = typer.Option("ml-100k", "--dataset", help="Sample name (ml-100k) or a path to a log."),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        help="Sample name (ml-100k) or a path to a log (with --events: the base log the events extend).",
+        show_default="ml-100k; none with --events",
+    ),
+    events: str | None = typer.Option(
+        None,
+        "--events",
+        help="Also train on the watch events a server logged: SQLite path, sqlite:///path or postgresql://...",
+    ),
     protocol: str = typer.Option("recbole", "--protocol", help="microlens | recbole"),
     model: str = typer.Option("sasrec", "--model", help="pop | itemknn | sasrec | gru4rec | mean"),
     # here: one option per ModelConfig / TrainConfig field declared with flag_field (see below)
@@ -108,16 +118,18 @@ def train_cmd(
 
     from linkedout.data.formats import DataFormatError
     from linkedout.data.protocol import get_protocol
+    from linkedout.events.base import EventStoreError
     from linkedout.train.recipes import recipe
     from linkedout.train.report import print_results_table
     from linkedout.train.run import DatasetSpec, run_experiment
 
     try:
         proto = get_protocol(protocol, max_seq_len=max_len, sampled_negatives=sampled, cold_items=cold_items)
-        spec = DatasetSpec(path=dataset, format=format, min_rating=min_rating)
+        path = dataset if dataset is not None else (None if events else "ml-100k")
+        spec = DatasetSpec(path=path, format=format, min_rating=min_rating, events=events)
         mc, tc = recipe(model, proto.name, **settings)  # None (unset) leaves the recipe's value
         result = run_experiment(spec, proto, mc, tc, run_dir=run_dir, progress=not quiet)
-    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as e:
+    except (DataFormatError, EventStoreError, FileNotFoundError, KeyError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     row = result.to_json()
@@ -141,13 +153,14 @@ def evaluate_cmd(
     """Re-score a saved run (weights + config) on its dataset under its protocol."""
     import json
 
+    from linkedout.events.base import EventStoreError
     from linkedout.train.evaluate import evaluate
     from linkedout.train.report import print_results_table
     from linkedout.train.run import load_run
 
     try:
         model, data_split, saved = load_run(run_dir)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except (EventStoreError, FileNotFoundError, KeyError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     metrics = evaluate(model, data_split, which)
@@ -378,9 +391,16 @@ def serve_cmd(
     bundle: Path = typer.Option(..., "--bundle", help="A directory written by `linkedout export`."),
     host: str = typer.Option("127.0.0.1", "--host", help="Non-loopback addresses need --api-key."),
     port: int = typer.Option(8000, "--port"),
-    events: Path | None = typer.Option(
-        None, "--events", help="SQLite file for events and added items.", show_default="<bundle>/state.sqlite"
+    events: str | None = typer.Option(
+        None,
+        "--events",
+        help="Event store: a SQLite file path, sqlite:///abs/path or postgresql://user@host/db.",
+        show_default="<bundle>/state.sqlite",
     ),
+    item_poll: float = typer.Option(
+        1.0, "--item-poll-seconds", help="How often to look for items other replicas added (0 = never)."
+    ),
+    pg_writers: int = typer.Option(1, "--pg-writers", help="PostgreSQL: concurrent writer connections."),
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="LINKEDOUT_API_KEY", help="Required by POST /v1/events and /v1/items."
     ),
@@ -398,6 +418,7 @@ def serve_cmd(
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve a bundle over HTTP: /v1/recommend, /v1/events, /v1/items, /healthz, /metrics and a page at /."""
+    from linkedout.events import EventStoreError, open_event_store
     from linkedout.serve.app import run_server
     from linkedout.serve.bundle import BundleError, load_bundle
     from linkedout.serve.security import check_bind
@@ -412,6 +433,8 @@ def serve_cmd(
         config = ServeConfig(
             bundle=loaded,
             events=events or bundle / "state.sqlite",
+            item_poll_seconds=item_poll,
+            pg_writers=pg_writers,
             api_key=api_key,
             media_roots=list(media_root),
             cors_origins=list(cors_origin),
@@ -421,7 +444,10 @@ def serve_cmd(
             max_history=max_history,
             synchronous=synchronous.upper(),
         )
-    except (BundleError, FileNotFoundError, ValueError) as e:
+        # open (and migrate) the event store once here: a bad URL or an unreachable database is a
+        # message and exit 2, not a traceback from inside the server's startup
+        open_event_store(config.events, synchronous=config.synchronous, writers=1).close()
+    except (BundleError, EventStoreError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"serving {bundle} ({loaded.n_items} items) on http://{host}:{port}/", err=True)

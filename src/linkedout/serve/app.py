@@ -46,9 +46,11 @@ def create_app(config: ServeConfig) -> BodyLimitApp:
         gc.collect()
         gc.freeze()
         await state.batcher.start()
+        state.start_item_feed()
         try:
             yield
         finally:
+            await state.stop_item_feed()
             await state.batcher.stop()
             state.close()
 

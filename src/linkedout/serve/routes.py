@@ -17,7 +17,6 @@ tests/test_serve_api.py to keep it so).
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from pathlib import Path
 from typing import Annotated
@@ -28,9 +27,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import StringConstraints
 
+from linkedout.events import Event, EventConflict, EventStoreUnavailable, ItemExists
 from linkedout.serve.bundle import BundleError
 from linkedout.serve.engine import Engine, RecRequest
-from linkedout.serve.events import Event, EventConflict
 from linkedout.serve.schemas import (
     Contribution,
     EventsRequest,
@@ -90,7 +89,9 @@ def item_info(state: State, row: int) -> ItemInfo:
 
 
 # ---------------------------------------------------------------------- recommend
-@router.post("/v1/recommend", response_model=RecommendResponse, responses={404: {}, 413: {}, 422: {}})
+@router.post(
+    "/v1/recommend", response_model=RecommendResponse, responses={404: {}, 413: {}, 422: {}, 503: {}}
+)
 async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -> RecommendResponse:
     engine, config = state.engine, state.config
     if (body.history is None) == (body.user_id is None):
@@ -106,7 +107,10 @@ async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -
             shown = ", ".join(repr(u) for u in unknown[:10])
             raise HTTPException(422, f"unknown item ids in history: {shown} ({len(unknown)} unknown)")
     else:
-        ids = await asyncio.to_thread(state.log.history, body.user_id, config.max_history)
+        try:
+            ids = await asyncio.to_thread(state.log.history, body.user_id, config.max_history)
+        except EventStoreUnavailable as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
         if not ids:
             raise HTTPException(404, f"no watch events stored for user {body.user_id!r}")
         rows, _ = _rows(engine, ids)
@@ -148,7 +152,7 @@ async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -
     "/v1/events",
     response_model=EventsResponse,
     dependencies=[Depends(require_key)],
-    responses={401: {}, 409: {}, 413: {}, 422: {}},
+    responses={401: {}, 409: {}, 413: {}, 422: {}, 503: {}},
 )
 async def events(body: EventsRequest, state: State = Depends(get_state)) -> EventsResponse:
     config = state.config
@@ -173,6 +177,8 @@ async def events(body: EventsRequest, state: State = Depends(get_state)) -> Even
         new, dup = await asyncio.wrap_future(state.log.append_events(batch))
     except EventConflict as e:
         raise HTTPException(409, str(e)) from None
+    except EventStoreUnavailable as e:  # not stored, not acknowledged: a retry with the same ids is safe
+        raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
     state.n_events += new
     return EventsResponse(accepted=new, duplicates=dup)
 
@@ -183,7 +189,7 @@ async def events(body: EventsRequest, state: State = Depends(get_state)) -> Even
     response_model=ItemInfo,
     status_code=201,
     dependencies=[Depends(require_key)],
-    responses={401: {}, 403: {}, 409: {}, 413: {}, 422: {}},
+    responses={401: {}, 403: {}, 409: {}, 413: {}, 422: {}, 503: {}},
 )
 async def add_item(body: NewItem, state: State = Depends(get_state)) -> ItemInfo:
     engine = state.engine
@@ -236,12 +242,14 @@ async def add_item(body: NewItem, state: State = Depends(get_state)) -> ItemInfo
                 body.item_id, state.bundle.bundle_id, vec.tobytes(), lw, body.title, thumb, source
             )
         )
-    except sqlite3.IntegrityError:
+    except ItemExists:
         raise HTTPException(409, f"item {body.item_id!r} already exists") from None
-    try:
+    except EventStoreUnavailable as e:
+        raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
+    # the store accepted the id, so it is ours; the item feed poller may have added it already
+    row = engine.row_of.get(body.item_id)
+    if row is None:
         row = engine.add_item(body.item_id, torch.from_numpy(vec), weights, body.title, thumb, source)
-    except KeyError:
-        raise HTTPException(409, f"item {body.item_id!r} already exists") from None
     return item_info(state, row)
 
 
@@ -309,7 +317,7 @@ async def metrics(state: State = Depends(get_state)) -> PlainTextResponse:
         "linkedout_events_stored": ("Watch events stored.", state.n_events),
         "linkedout_recommend_batches_total": ("Micro-batches run.", b.batches),
         "linkedout_recommend_batched_requests_total": ("Requests in micro-batches.", b.requests),
-        "linkedout_eventlog_commits_total": ("SQLite group commits.", state.log.commits),
+        "linkedout_eventlog_commits_total": ("Event store group commits.", state.log.commits),
         "linkedout_recommend_compute_seconds_total": ("Time scoring batches.", b.compute_seconds),
     }
     text = state.metrics.render(gauges)

@@ -26,30 +26,53 @@ from linkedout.train.trainer import TrainConfig, TrainResult, seed_everything, t
 
 @dataclass
 class DatasetSpec:
-    """How to reload the same events: a sample name (``ml-100k``) or a path, plus reader options.
+    """How to reload the same events: a sample name (``ml-100k``) or a path, plus reader options;
+    and/or an event store the server logged to (``events``: SQLite path or URL), read as watch events
+    appended to the log (or alone when ``path`` is None).
 
     The name is kept as typed (run.json stays portable across machines and caches) and resolved to the
-    cached path by `load`, fetching the sample on first use."""
+    cached path by `load`, fetching the sample on first use. ``events_upto`` pins the event store's
+    feed position read at training time, so `linkedout evaluate --run` re-reads the same events
+    even after the server logged more."""
 
-    path: str = "ml-100k"
+    path: str | None = "ml-100k"
     format: str | None = None
     user_col: str | None = None
     item_col: str | None = None
     time_col: str | None = None
     min_rating: float | None = None
+    events: str | None = None
+    events_upto: int | None = None
 
     def load(self):
         from linkedout.data.formats import load_interactions
         from linkedout.samples import resolve_dataset
 
-        return load_interactions(
-            resolve_dataset(self.path),
-            format=self.format,
-            user_col=self.user_col,
-            item_col=self.item_col,
-            time_col=self.time_col,
-            min_rating=self.min_rating,
-        )
+        if self.path is None and self.events is None:
+            raise ValueError("a dataset needs a log (--dataset), an event store (--events), or both")
+        base = None
+        if self.path is not None:
+            base = load_interactions(
+                resolve_dataset(self.path),
+                format=self.format,
+                user_col=self.user_col,
+                item_col=self.item_col,
+                time_col=self.time_col,
+                min_rating=self.min_rating,
+            )
+        if self.events is None:
+            return base
+        from linkedout.events.reader import dataset_with_events, read_watch_rows
+
+        rows = read_watch_rows(self.events)
+        if self.events_upto is None:
+            # the first load pins what it read (run.json stores it): re-evaluation sees the same events
+            self.events_upto = int(max(rows.column("seq").to_pylist()))
+        else:
+            import pyarrow.compute as pc
+
+            rows = rows.filter(pc.less_equal(rows.column("seq"), self.events_upto))
+        return dataset_with_events(base, rows, self.events)
 
 
 @dataclass
