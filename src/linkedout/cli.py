@@ -109,6 +109,9 @@ def train_cmd(
     format: str | None = typer.Option(None, "--format", help="Log format when --dataset is a path."),
     min_rating: float | None = typer.Option(None, "--min-rating"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    nproc: int = typer.Option(
+        1, "--nproc", help="Training processes (DDP: gloo on CPU, nccl on CUDA); docs/distributed.md."
+    ),
     **settings: Any,
 ) -> None:
     """Train one model, pick the best validation epoch, evaluate on test, print a table (and JSON).
@@ -119,6 +122,12 @@ def train_cmd(
     from linkedout.data.formats import DataFormatError
     from linkedout.data.protocol import get_protocol
     from linkedout.events.base import EventStoreError
+    from linkedout.train.distributed import (
+        DistributedRunError,
+        is_main_process,
+        launched_by_torchrun,
+        run_distributed,
+    )
     from linkedout.train.recipes import recipe
     from linkedout.train.report import print_results_table
     from linkedout.train.run import DatasetSpec, run_experiment
@@ -128,10 +137,18 @@ def train_cmd(
         path = dataset if dataset is not None else (None if events else "ml-100k")
         spec = DatasetSpec(path=path, format=format, min_rating=min_rating, events=events)
         mc, tc = recipe(model, proto.name, **settings)  # None (unset) leaves the recipe's value
-        result = run_experiment(spec, proto, mc, tc, run_dir=run_dir, progress=not quiet)
+        if nproc > 1 or launched_by_torchrun():
+            result = run_distributed(spec, proto, mc, tc, nproc=nproc, run_dir=run_dir, progress=not quiet)
+        else:
+            result = run_experiment(spec, proto, mc, tc, run_dir=run_dir, progress=not quiet)
     except (DataFormatError, EventStoreError, FileNotFoundError, KeyError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    except DistributedRunError as e:  # a worker died or raised: not the input's fault, exit 1
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    if not is_main_process():
+        return  # every torchrun worker has the result; rank 0 prints it
     row = result.to_json()
     print_results_table([row], proto.describe(), f"{model} on {result.dataset} (test)")
     if json_out is not None:

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from linkedout.data.protocol import Protocol, Split, split
 from linkedout.models import ModelConfig, Recommender, build_model
 from linkedout.train.evaluate import evaluate
 from linkedout.train.trainer import TrainConfig, TrainResult, seed_everything, train
+
+if TYPE_CHECKING:
+    from linkedout.train.distributed import World
 
 
 @dataclass
@@ -96,6 +100,7 @@ class RunResult:
     metrics_warm: dict[str, float] = field(default_factory=dict)  # cold-start protocols only
     metrics_cold: dict[str, float] = field(default_factory=dict)
     metrics_cold_among_cold: dict[str, float] = field(default_factory=dict)  # ranked among cold items only
+    world_size: int = 1  # training processes (DDP ranks); the metrics are rank 0's, computed once
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -145,7 +150,10 @@ def run_experiment(
     run_dir: Path | None = None,
     progress: bool = True,
     prepared: tuple[Split, str] | None = None,
+    world: World | None = None,
 ) -> RunResult:
+    """Every rank of a distributed run (``world``) calls this; rank 0 evaluates test and writes the
+    run directory once, and every rank returns rank 0's result."""
     seed_everything(train_config.seed)
     data_split, name = prepared or prepare_split(spec, protocol)
     model, data_split = build_for_split(model_config, data_split)
@@ -153,8 +161,10 @@ def run_experiment(
     if model_config.item_encoder != "id":
         label += f" + {model_config.item_encoder}" + (" + id" if model_config.id_fusion else "")
     result: TrainResult = train(
-        model, data_split, train_config, run_dir=run_dir, progress=progress, label=label
+        model, data_split, train_config, run_dir=run_dir, progress=progress, label=label, world=world
     )
+    if world is not None and not world.is_main:
+        return world.share(None)  # rank 0 holds the best weights: it scores test, once
     started = time.perf_counter()
     kw = {"batch_size": train_config.eval_batch_size, "device": train_config.device}
     test = evaluate(model, data_split, "test", **kw)
@@ -175,6 +185,7 @@ def run_experiment(
         train_config=asdict(train_config),
         dataset_spec=asdict(spec),
         history=result.history,
+        world_size=world.size if world is not None else 1,
     )
     if data_split.is_cold_start:
         out.metrics_warm = evaluate(model, data_split, "test", subset="warm", **kw)
@@ -185,6 +196,8 @@ def run_experiment(
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "run.json").write_text(json.dumps(out.to_json(), indent=1))
+    if world is not None:
+        world.share(out)  # after run.json: the other ranks return once the run directory is complete
     return out
 
 

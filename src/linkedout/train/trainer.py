@@ -1,5 +1,8 @@
-"""One-process trainer: epochs of shuffled next-item windows, validation every epoch, early stopping
-on a validation metric, best weights kept (and checkpointed as safetensors when a run dir is given)."""
+"""Trainer: epochs of shuffled next-item windows, validation every epoch, early stopping on a
+validation metric, best weights kept (and checkpointed as safetensors when a run dir is given).
+
+One process by default; given a `World` (linkedout.train.distributed) each rank trains on its shard of
+every epoch under DistributedDataParallel, and rank 0 validates, decides when to stop and checkpoints."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +24,9 @@ from linkedout.data.protocol import Split
 from linkedout.models.base import Recommender, TrainBatch
 from linkedout.progress import ProgressState, StepProgress
 from linkedout.train.evaluate import evaluate
+
+if TYPE_CHECKING:
+    from linkedout.train.distributed import World
 
 
 @dataclass
@@ -45,21 +52,40 @@ def train(
     run_dir: Path | None = None,
     progress: bool = True,
     label: str = "train",
+    world: World | None = None,
 ) -> TrainResult:
     """Fit ``model`` on ``split``'s training events; returns with the best validation weights loaded.
-    ``label`` names the run in progress output (e.g. "train sasrec")."""
+    ``label`` names the run in progress output (e.g. "train sasrec").
+
+    With a ``world`` of several processes (every rank calls this): ``config.batch_size`` is the global
+    batch, split over the ranks; only rank 0 validates, checkpoints and holds the best weights at the
+    end, and only its `TrainResult` means anything."""
     started = time.perf_counter()
     device = torch.device(config.device)
     model.to(device)
     model.fit(split)
+    if world is not None and world.size == 1:
+        world = None  # one rank: the plain loop, no DDP wrapper, no collectives
+    main = world is None or world.is_main
     if not model.trainable:
         valid = evaluate(model, split, "valid", batch_size=config.eval_batch_size, device=device)
         return TrainResult(0, valid, [{"epoch": 0, **valid}], time.perf_counter() - started, 0.0)
 
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed)  # the same epoch order on every rank (see shard_epoch)
     train_items, train_starts, train_ends = split.train_sequences()
     windows = TrainWindows(train_starts, train_ends, split.protocol.max_seq_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step_loss: Callable[[TrainBatch], torch.Tensor] = model.loss
+    batch_size = config.batch_size
+    if world is not None:
+        from linkedout.train.distributed import per_rank_batch, shard_epoch
+
+        batch_size = per_rank_batch(config.batch_size, world.size)
+        wrapped = world.wrap(model)  # DDP makes every rank start from rank 0's weights
+        step_loss = lambda b: wrapped(b.inputs, b.targets)  # noqa: E731
+        # dropout masks must differ between ranks (each sees other rows); the window order must not,
+        # and it comes from ``rng`` above, not from torch
+        torch.manual_seed(config.seed + 1_000_003 * world.rank)
     precision = resolve_precision(config.precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     best = TrainResult(-1, {config.select_metric: -math.inf})
@@ -69,7 +95,7 @@ def train(
     with StepProgress(
         label,
         config.epochs,
-        enabled=progress,
+        enabled=progress and main,
         describe=_epoch_line(metric),
         columns=_epoch_columns,
         fields={"epoch": 1, "step": 0, "steps": 0, "best": None, "best_epoch": 0, "stop": None},
@@ -83,52 +109,68 @@ def train(
             if not config.jitter:
                 order = rng.permutation(len(w_end))
                 w_start, w_end = w_start[order], w_end[order]
+            weights = None
+            if world is not None:
+                shard = shard_epoch(w_start, w_end, windows.length, config.batch_size, world)
+                w_start, w_end, weights = shard.w_start, shard.w_end, shard.step_weights
             total, steps = 0.0, 0
-            bar.update(epoch=epoch, step=0, steps=math.ceil(len(w_end) / config.batch_size))
-            for lo in range(0, len(w_end), config.batch_size):
+            bar.update(epoch=epoch, step=0, steps=math.ceil(len(w_end) / batch_size))
+            for lo in range(0, len(w_end), batch_size):
                 inputs, targets = windows.batch(
-                    train_items, w_start[lo : lo + config.batch_size], w_end[lo : lo + config.batch_size]
+                    train_items, w_start[lo : lo + batch_size], w_end[lo : lo + batch_size]
                 )
                 batch = TrainBatch(torch.from_numpy(inputs), torch.from_numpy(targets)).to(device)
                 with autocast:
-                    loss = model.loss(batch)
+                    loss = step_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # a rank's share of the step's targets: the union batch's mean loss (see shard_epoch)
+                (loss if weights is None else loss * weights[steps]).backward()
                 if config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 total += loss.item()
                 steps += 1
                 bar.update(step=steps)  # a plain line can come mid-epoch: long epochs still show life
-            valid = evaluate(model, split, "valid", batch_size=config.eval_batch_size, device=device)
-            elapsed = time.perf_counter() - started
-            record = {
-                "epoch": epoch,
-                "loss": total / max(steps, 1),
-                "seconds": time.perf_counter() - epoch_start,
-                **valid,
-            }
-            history.append(record)
-            score = valid[config.select_metric]
-            if score > best.best_valid[config.select_metric]:
-                best = TrainResult(epoch, valid, seconds_to_best=elapsed)
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if run_dir is not None:
-                    save_checkpoint(model, run_dir / "model.safetensors")
-            bar.update(
-                1,
-                description=f"epoch {epoch} loss {record['loss']:.4f} valid {metric} "
-                f"{score:.4f} (best {best.best_valid[metric]:.4f} @ {best.best_epoch})",
-                best=best.best_valid[metric],
-                best_epoch=best.best_epoch,
-            )
-            if epoch - best.best_epoch >= config.patience:
-                bar.update(stop=f"early stop ({config.patience} epochs without a better {metric})")
+            mean_loss = total / max(steps, 1)
+            if world is not None:
+                mean_loss = world.mean(mean_loss)
+            stop: str | None = None
+            if main:
+                valid = evaluate(model, split, "valid", batch_size=config.eval_batch_size, device=device)
+                elapsed = time.perf_counter() - started
+                record = {
+                    "epoch": epoch,
+                    "loss": mean_loss,
+                    "seconds": time.perf_counter() - epoch_start,
+                    **valid,
+                }
+                history.append(record)
+                score = valid[config.select_metric]
+                if score > best.best_valid[config.select_metric]:
+                    best = TrainResult(epoch, valid, seconds_to_best=elapsed)
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if run_dir is not None:
+                        save_checkpoint(model, run_dir / "model.safetensors")
+                bar.update(
+                    1,
+                    description=f"epoch {epoch} loss {record['loss']:.4f} valid {metric} "
+                    f"{score:.4f} (best {best.best_valid[metric]:.4f} @ {best.best_epoch})",
+                    best=best.best_valid[metric],
+                    best_epoch=best.best_epoch,
+                )
+                if epoch - best.best_epoch >= config.patience:
+                    stop = f"early stop ({config.patience} epochs without a better {metric})"
+                elif config.max_train_seconds and elapsed > config.max_train_seconds:
+                    stop = f"time limit ({config.max_train_seconds:g} s)"
+                if stop:
+                    bar.update(stop=stop)
+            # rank 0 saw the validation metric (and its own clock): every rank stops when it says so
+            if world is not None and world.decide(1.0 if stop else 0.0):
                 break
-            if config.max_train_seconds and elapsed > config.max_train_seconds:
-                bar.update(stop=f"time limit ({config.max_train_seconds:g} s)")
+            if stop:
                 break
-    model.load_state_dict(best_state)
+    if main:
+        model.load_state_dict(best_state)
     best.history = history
     best.train_seconds = time.perf_counter() - started
     return best
