@@ -222,6 +222,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     p = Path(path)
     if not (p / BUNDLE_JSON).is_file():
         raise BundleError(f"no bundle at {p} (missing {BUNDLE_JSON}); write one with `linkedout export`")
+    reading = BUNDLE_JSON  # named in the error: "which file is broken" is the first question
     try:
         meta = json.loads((p / BUNDLE_JSON).read_text())
         if not isinstance(meta, dict):
@@ -230,18 +231,22 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             raise BundleError(
                 f"bundle format {meta.get('format_version')} at {p}; this server reads {BUNDLE_FORMAT}"
             )
+        reading = "items.json"
         items = json.loads((p / "items.json").read_text())
         if not isinstance(items, dict):
             raise BundleError(f"{p / 'items.json'} is not a JSON object")
+        reading = "items.safetensors"
         tensors = map_safetensors(p / "items.safetensors")
         _check_shapes(p, items, tensors)
+        reading = "user_encoder.safetensors"
         user_state = load_file(str(p / "user_encoder.safetensors"))
         item_path = p / "item_encoder.safetensors"
+        reading = item_path.name
         item_state = load_file(str(item_path)) if item_path.exists() else None
     except BundleError:
         raise
     except Exception as e:  # OSError, JSONDecodeError, struct.error, safetensors' own SafetensorError
-        raise BundleError(f"bundle at {p} is unreadable: {type(e).__name__}: {e}") from None
+        raise BundleError(f"bundle at {p}: cannot read {reading}: {type(e).__name__}: {e}") from None
     thumbs: dict[int, bytes] = {}
     if (p / "thumbs").is_dir():
         for f in (p / "thumbs").glob("*.jpg"):
