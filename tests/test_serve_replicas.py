@@ -406,3 +406,42 @@ def test_workers_share_one_copy_of_the_item_matrix(tmp_path):
     assert all(g < 0.35 * matrix_bytes for g in growth), (growth, matrix_bytes)
     for m in maps:  # the mapping is resident in both workers, and clean (shared), not copied-on-write
         assert len(m) == 1 and m[0].rss > 0.9 * matrix_bytes and m[0].private_dirty < 0.02 * matrix_bytes, m
+
+
+def test_watch_bundle_reloads_when_the_directory_is_replaced_and_skips_a_broken_one(tmp_path):
+    bundle, _ = synthetic_bundle(40, seed=0)
+    path = bundle.save(tmp_path / "live")
+    config = ServeConfig(bundle=path, events=tmp_path / "s.sqlite", watch_bundle=True, reload_poll_s=0.05)
+
+    async def wait_for(state: State, generation: int) -> None:
+        for _ in range(200):
+            if state.serving.generation >= generation:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no reload to generation {generation}")
+
+    async def run() -> None:
+        state = State(config)
+        await state.start()
+        try:
+            first = state.bundle.bundle_id
+            newer, _ = synthetic_bundle(60, seed=1)
+            newer.save(path, overwrite=True)  # what `linkedout export --force` does: rename into place
+            await wait_for(state, 1)
+            assert state.bundle.bundle_id == newer.bundle_id != first and state.engine.n_items == 60
+            (path / "items.json").write_text("{broken")  # an in-place edit: refused, old one kept
+            os.utime(path / "bundle.json")
+            refused = state.metrics.reloads.labels("refused")
+            for _ in range(200):
+                if refused._value.get() == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert refused._value.get() == 1  # the watch saw the change, and refused it
+            assert state.serving.generation == 1 and state.bundle.bundle_id == newer.bundle_id
+            r = await routes.recommend(RecommendRequest(history=["i1"], k=5), state)
+            assert len(r.items) == 5
+        finally:
+            await state.stop()
+            state.close()
+
+    asyncio.run(run())

@@ -94,6 +94,8 @@ class State:
         self.metrics = Metrics()
         source: str | Path | Bundle = config.bundle
         generation = 0
+        # stamp before reading: a reload published between the two is then seen by the watch
+        self._control_seen = self.control.stamp() if self.control else None
         published = self.control.current() if self.control else None
         if published is not None:  # a worker (re)started after a reload serves the reloaded bundle
             generation, source = published
@@ -159,7 +161,11 @@ class State:
         if self.control is not None:
             self.control.report(self.serving.generation, self.bundle.bundle_id)
         if self.control is not None or self.config.watch_bundle:
-            self._watch_task = asyncio.create_task(self._watch())
+            # stamps taken now, not when the task first runs: a change in between must count
+            watched = None if isinstance(self.config.bundle, Bundle) else Path(self.config.bundle)
+            control_seen = self._control_seen
+            bundle_seen = bundle_stamp(watched) if watched is not None else None
+            self._watch_task = asyncio.create_task(self._watch(watched, control_seen, bundle_seen))
 
     async def stop(self) -> None:
         if self._watch_task is not None:
@@ -265,12 +271,11 @@ class State:
                 return reports, ok
             await asyncio.sleep(self.config.reload_poll_s / 2)
 
-    async def _watch(self) -> None:
+    async def _watch(
+        self, watched: Path | None, control_seen: tuple[int, int] | None, bundle_seen: tuple[int, int] | None
+    ) -> None:
         """Each worker's loop: follow the control file (other workers' reloads) and, with
         --watch-bundle, the configured bundle directory; refresh this worker's gauges meanwhile."""
-        control_seen = self.control.stamp() if self.control else None
-        watched = None if isinstance(self.config.bundle, Bundle) else Path(self.config.bundle)
-        bundle_seen = bundle_stamp(watched) if watched is not None else None
         while True:
             await asyncio.sleep(self.config.reload_poll_s)
             try:
