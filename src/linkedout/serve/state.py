@@ -230,6 +230,10 @@ class State:
         for a reload asked of this worker, which then publishes it to the others (``propagate``)."""
         async with self._reload_lock:
             old = self.serving
+            if generation is not None and generation <= old.generation:
+                # this worker published it itself (its watch saw the file before the swap) or
+                # already followed it: nothing to load again
+                return ReloadOutcome(old, old.bundle.bundle_id, 0.0, 0.0)
             gen = generation if generation is not None else old.generation + 1
             try:
                 new, load_s, warm_s = await asyncio.to_thread(self._load_and_warm, path, gen)
