@@ -1,6 +1,8 @@
 """Serving benchmarks on loopback: /v1/recommend latency and throughput per catalogue size, the naive
 path (full model forward per request) for the ratio, event ingestion with durability, startup time
-and memory. Bounded loops only; prints a Markdown table and writes JSON.
+and memory; closed-loop throughput of 1 vs 2 worker processes (`--workers 1 2`), and a bundle swap
+under open-loop load (`--swaps`: reloads during the run, failed requests counted). Bounded loops
+only; prints a Markdown table and writes JSON.
 
     .venv/bin/pip install -e ".[bench]"   # aiohttp, the load generator
     .venv/bin/python benchmarks/serve_latency.py --sizes 20000 100000 1000000 \
@@ -21,6 +23,7 @@ import gc
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -61,17 +64,35 @@ def start_server(bundle_dir: Path, events: Path, extra: list[str]) -> tuple[subp
         *extra,
     ]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # own process group: with --workers the server is a supervisor plus worker processes, and a
+    # killed supervisor alone would leave its workers holding the port
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
             if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                return proc, base, time.perf_counter() - started
+                # with several workers, wait until each has started (one answering is not all)
+                kids = psutil.Process(proc.pid).children()
+                if workers == 1 or sum("spawn_main" in " ".join(p.cmdline()) for p in kids) == workers:
+                    return proc, base, time.perf_counter() - started
         except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
+            pass
+        time.sleep(0.05)
+    stop_server(proc)
     raise TimeoutError("server did not start")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGINT (uvicorn stops its workers, the server removes its run directory), then the group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _session(connections: int) -> aiohttp.ClientSession:
@@ -213,8 +234,7 @@ def ann_run(
         runs = recommend_runs(base, bodies, args)
         rss = psutil.Process(proc.pid).memory_info().rss / 2**20
     finally:
-        proc.kill()
-        proc.wait()
+        stop_server(proc)
     return {
         "recall_at_10": hits / (10 * min(200, len(bodies))),
         "startup_s": startup,
@@ -257,6 +277,75 @@ def events_body(n_items: int, per_request: int):
     return make
 
 
+def workers_throughput(bundle_dir: Path, work: Path, bodies: list[dict], threads: list[str], args) -> dict:
+    """Closed-loop requests/s of the same catalogue with 1 and 2 (``--workers``) worker processes,
+    after a warm-up; the load generator shares the machine's cores with the workers."""
+    out: dict = {}
+    for w in args.workers:
+        proc, base, startup = start_server(bundle_dir, work / f"w{w}.sqlite", [*threads, "--workers", str(w)])
+        try:
+            asyncio.run(closed_loop(base, recommend_body(bodies), 1.0, args.concurrency))
+            run = asyncio.run(
+                closed_loop(base, recommend_body(bodies), args.closed_seconds, args.concurrency)
+            )
+            run["startup_s"] = startup
+            out[str(w)] = run
+        finally:
+            stop_server(proc)
+    first, last = str(args.workers[0]), str(args.workers[-1])
+    out["speedup"] = out[last]["per_s"] / out[first]["per_s"]
+    return out
+
+
+async def swap_under_load(
+    base: str, bodies: list[dict], rate: float, bundles: list[Path], swaps: int
+) -> dict:
+    """The open-loop client at ``rate`` while ``swaps`` reloads alternate between ``bundles``:
+    every recommend request that is not a 200 counts as failed."""
+    plain = [{**b, "explain": False} for b in bodies]
+    duration = len(plain) / rate
+    reloads: list[dict] = []
+
+    async def reloader() -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+            for i in range(swaps):
+                await asyncio.sleep(duration / (swaps + 1))
+                t = time.perf_counter()
+                body = json.dumps({"bundle": str(bundles[(i + 1) % len(bundles)])}).encode()
+                async with session.post(base + "/v1/admin/reload", data=body, headers=JSON) as r:
+                    reply = await r.json()
+                reloads.append(
+                    {
+                        "status": r.status,
+                        "seconds": time.perf_counter() - t,
+                        "all_workers": reply.get("all_workers"),
+                        "load_s": reply.get("load_seconds"),
+                        "warm_s": reply.get("warm_seconds"),
+                    }
+                )
+
+    run, _ = await asyncio.gather(open_loop(base, plain, rate), reloader())
+    run["reloads"] = reloads
+    return run
+
+
+def swap_run(n: int, work: Path, bodies: list[dict], threads: list[str], args) -> dict:
+    """A second bundle of the same ids beside the first (under the server's bundle root), then the
+    open-loop run with reloads alternating between the two."""
+    other = random_vector_bundle(n, dim=64, max_len=args.history, seed=1)
+    other.save(work / f"b{n}-v2")
+    del other
+    extra = [*threads, "--workers", str(args.swap_workers)]
+    proc, base, _ = start_server(work / f"b{n}", work / f"swap{n}.sqlite", extra)
+    try:
+        asyncio.run(open_loop(base, [{**b, "explain": False} for b in bodies[:200]], args.rate))
+        pair = [work / f"b{n}", work / f"b{n}-v2"]
+        return asyncio.run(swap_under_load(base, bodies, args.rate, pair, args.swaps))
+    finally:
+        stop_server(proc)
+        shutil.rmtree(work / f"b{n}-v2", ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000, 1_000_000])
@@ -276,6 +365,13 @@ def main() -> None:
     )
     ap.add_argument("--explain-rate", type=float, default=20.0, help="rate of the run with explanations")
     ap.add_argument("--server-threads", type=int, default=1, help="torch threads of the server")
+    ap.add_argument(
+        "--workers", type=int, nargs="*", default=[1, 2], help="worker counts for closed-loop throughput"
+    )
+    ap.add_argument("--closed-seconds", type=float, default=5.0, help="length of each closed-loop run")
+    ap.add_argument("--concurrency", type=int, default=32, help="closed-loop clients")
+    ap.add_argument("--swaps", type=int, default=3, help="reloads during the swap-under-load run (0: none)")
+    ap.add_argument("--swap-workers", type=int, default=2, help="worker processes of the swap run")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -322,10 +418,14 @@ def main() -> None:
                     row["events_50"]["events_per_s"] = row["events_50"]["per_s"] * 50
                 row["rss_mb_after"] = psutil.Process(proc.pid).memory_info().rss / 2**20
             finally:
-                proc.kill()
-                proc.wait()
+                stop_server(proc)
             for kind in args.ann if n <= args.ann_max else []:
                 row[f"ann_{kind}"] = ann_run(bundle, work / f"b{n}", work, kind, bodies, threads, args)
+            if len(args.workers) > 1:
+                row["workers"] = workers_throughput(work / f"b{n}", work, bodies, threads, args)
+                print(json.dumps({"items": n, "workers": row["workers"]}), flush=True)
+            if args.swaps:
+                row["swap"] = swap_run(n, work, bodies, threads, args)
             row["fast_inprocess_ms"] = fast_path_inprocess(bundle, args.history, 200)
             row["naive_id_ms"] = naive_path(n, args.history, 30, content=False)
             if n <= args.naive_content_max:
@@ -380,6 +480,27 @@ def print_table(report: dict) -> None:
                 f"@ {m['achieved_rps']:.0f}/s ({each}) | {a['recall_at_10']:.3f} | {a['startup_s']:.1f} "
                 f"| {a['rss_mb']:.0f} |"
             )
+    if any("workers" in r for r in report["runs"]):
+        print("\n| items | closed-loop req/s (p99 ms) per worker count | speedup |")
+        print("|---|---|---|")
+        for r in report["runs"]:
+            if "workers" in r:
+                w = r["workers"]
+                each = ", ".join(
+                    f"{k}: {v['per_s']:.0f} ({v['p99_ms']:.1f})" for k, v in w.items() if k != "speedup"
+                )
+                print(f"| {r['items']:,} | {each} | {w['speedup']:.2f}x |")
+    if any("swap" in r for r in report["runs"]):
+        print("\n| items | swap under load: requests @ rate | failed | p50 / p99 ms | reloads (status, s) |")
+        print("|---|---|---|---|---|")
+        for r in report["runs"]:
+            if "swap" in r:
+                sw = r["swap"]
+                rel = ", ".join(f"{x['status']} {x['seconds']:.2f}" for x in sw["reloads"])
+                print(
+                    f"| {r['items']:,} | {sw['requests']} @ {sw['achieved_rps']:.0f}/s | {sw['errors']} | "
+                    f"{sw['p50_ms']:.2f} / {sw['p99_ms']:.2f} | {rel} |"
+                )
     for r in report["runs"]:
         if "events_1" in r:
             print(

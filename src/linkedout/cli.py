@@ -433,6 +433,12 @@ def serve_cmd(
     max_history: int = typer.Option(1000, "--max-history"),
     synchronous: str = typer.Option("FULL", "--sqlite-synchronous", help="FULL (fsync per commit) | NORMAL"),
     log_level: str = typer.Option("warning", "--log-level"),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Worker processes on one port, sharing the memory-mapped item matrix."
+    ),
+    watch_bundle: bool = typer.Option(
+        False, "--watch-bundle", help="Reload (load, warm, swap) when the --bundle directory is replaced."
+    ),
 ) -> None:
     """Serve a bundle over HTTP: /v1/recommend, /v1/events, /v1/items, /healthz, /metrics and a page at /."""
     from linkedout.events import EventStoreError, open_event_store
@@ -448,7 +454,8 @@ def serve_cmd(
                 raise ValueError(f"--media-root {root} is not a directory")
         loaded = load_bundle(bundle)
         config = ServeConfig(
-            bundle=loaded,
+            # workers load the bundle themselves (memory-mapped: one copy in the page cache for all)
+            bundle=loaded if workers == 1 else bundle,
             events=events or bundle / "state.sqlite",
             item_poll_seconds=item_poll,
             pg_writers=pg_writers,
@@ -460,6 +467,7 @@ def serve_cmd(
             max_body_bytes=max_body,
             max_history=max_history,
             synchronous=synchronous.upper(),
+            watch_bundle=watch_bundle,
         )
         # open (and migrate) the event store once here: a bad URL or an unreachable database is a
         # message and exit 2, not a traceback from inside the server's startup
@@ -467,5 +475,10 @@ def serve_cmd(
     except (BundleError, EventStoreError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"serving {bundle} ({loaded.n_items} items) on http://{host}:{port}/", err=True)
-    run_server(config, host, port, log_level=log_level)
+    typer.echo(
+        f"serving {bundle} ({loaded.n_items} items) on http://{host}:{port}/ with {workers} worker(s)",
+        err=True,
+    )
+    if workers > 1:
+        del loaded  # checked above; this supervising process does not serve
+    run_server(config, host, port, log_level=log_level, workers=workers)

@@ -8,18 +8,31 @@ Safety by default: write endpoints need the API key when one is configured, and 
 non-loopback address without one; video paths are read only under the configured media roots (after
 resolving symlinks); bodies, histories, k and event batches have limits; CORS is off unless origins
 are given.
+
+Worker processes (``run_server(..., workers=N)``): uvicorn's own multiprocess mode. The parent binds
+the port and supervises N spawned workers that accept on the same socket; each worker builds its app
+from the import string ``linkedout.serve.app:app_from_env`` (a factory reading the configuration the
+parent wrote to a private file). docs/serving.md says why uvicorn's mode and not gunicorn.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from linkedout.serve.bundle import Bundle
+from linkedout.serve.metrics import MULTIPROC_ENV, Metrics
 from linkedout.serve.middleware import BodyLimitApp, Observed
 from linkedout.serve.routes import router
 from linkedout.serve.security import check_bind
@@ -45,14 +58,13 @@ def create_app(config: ServeConfig) -> BodyLimitApp:
         # items). Freezing moves what startup built out of the collector's sight.
         gc.collect()
         gc.freeze()
-        await state.batcher.start()
-        state.start_item_feed()
+        await state.start()
         try:
             yield
         finally:
-            await state.stop_item_feed()
-            await state.batcher.stop()
+            await state.stop()
             state.close()
+            Metrics.mark_dead()  # this worker's live gauges leave the aggregate with it
 
     app = FastAPI(
         title="linkedout",
@@ -79,11 +91,69 @@ def create_app(config: ServeConfig) -> BodyLimitApp:
     return BodyLimitApp(Observed(app), config.max_body_bytes)
 
 
+CONFIG_ENV = "LINKEDOUT_SERVE_CONFIG"  # path of the JSON configuration a worker reads
+
+
+def write_config(config: ServeConfig, path: Path) -> None:
+    """The configuration as JSON for the workers, readable by this user only (it holds the API key:
+    a file, not an environment variable, which other tools print more readily)."""
+    if isinstance(config.bundle, Bundle):
+        raise ValueError("worker processes load the bundle themselves: give its path, not a Bundle")
+    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
+    data = {k: [str(x) for x in v] if isinstance(v, list) else v for k, v in data.items()}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+
+
+def app_from_env() -> BodyLimitApp:
+    """The app factory uvicorn calls in each worker process (``linkedout.serve.app:app_from_env``)."""
+    data = json.loads(Path(os.environ[CONFIG_ENV]).read_text())
+    return create_app(ServeConfig(**data))
+
+
 def run_server(
-    config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning"
+    config: ServeConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "warning",
+    workers: int = 1,
 ) -> None:
+    """Serve until interrupted. ``workers > 1``: that many processes on one port (uvicorn spawns and
+    supervises them, restarting one that dies), with a fresh control directory for this start
+    (metrics files, reload generation, configuration) that is removed when the server exits."""
     import uvicorn
 
     check_bind(host, config.api_key)
-    app = create_app(config)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    if workers <= 1:
+        app = create_app(config)
+        uvicorn.run(
+            app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5
+        )
+        return
+    run_dir = Path(tempfile.mkdtemp(prefix="linkedout-serve-"))  # 0700: metrics, reload and config
+    try:
+        metrics_dir = run_dir / "metrics"
+        metrics_dir.mkdir()
+        control = run_dir / "control"
+        control.mkdir()
+        worker_config = dataclasses.replace(config, control_dir=str(control), workers=workers)
+        write_config(worker_config, run_dir / "config.json")
+        # set before the workers are spawned: they inherit the environment, and prometheus_client
+        # chooses its multiprocess value store when it is first imported
+        os.environ[MULTIPROC_ENV] = str(metrics_dir)
+        os.environ[CONFIG_ENV] = str(run_dir / "config.json")
+        uvicorn.run(
+            "linkedout.serve.app:app_from_env",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        os.environ.pop(CONFIG_ENV, None)
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -208,12 +209,28 @@ class Engine:
         return row
 
 
-class MicroBatcher:
-    """Opportunistic batching of `RecRequest`s onto one worker thread (see the module docstring)."""
+_RETIRE = object()  # queue sentinel: score what came before it, then end the loop
 
-    def __init__(self, engine: Engine, max_batch: int = 64, inline: bool = True) -> None:
+
+class MicroBatcher:
+    """Opportunistic batching of `RecRequest`s onto one worker thread (see the module docstring).
+
+    ``observe(batch_size, seconds)`` is called after each batch (the server's metrics). A batcher
+    whose bundle was swapped out is *retired*: it scores what is queued and ends; a request that took
+    the old snapshot before the swap and submits after it is scored alone, on the old engine, so
+    in-flight requests finish on the bundle they started with."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int = 64,
+        inline: bool = True,
+        observe: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        self.observe = observe
+        self.retired = False
         # inline: score on the event-loop thread. A batch takes ~1 ms and blocks the loop that long,
         # but there is no thread hand-off per batch: on a busy machine every wake-up of another
         # thread waits for a time slice (milliseconds), which dominated p99 in benchmarks/serve_latency.py.
@@ -238,25 +255,49 @@ class MicroBatcher:
                 await self._task
         self._executor.shutdown(wait=True)
 
+    def retire(self) -> None:
+        """Stop taking requests into batches: what is queued is scored, then the loop ends (no
+        cancellation: a queued request must not fail because a new bundle came in)."""
+        if not self.retired and self._queue is not None:
+            self.retired = True
+            self._queue.put_nowait(_RETIRE)
+
     async def submit(self, request: RecRequest) -> RecResult:
         assert self._queue is not None, "MicroBatcher.start() was not awaited"
+        if self.retired:  # took this snapshot before a swap: finish on the old engine, alone
+            return self._score([request])[0]
         fut = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((request, fut))
         return await fut
 
+    def _score(self, requests: list[RecRequest]) -> list[RecResult]:
+        started = time.perf_counter()
+        results = self.engine.recommend_batch(requests)
+        self._account(len(requests), time.perf_counter() - started)
+        return results
+
+    def _account(self, size: int, seconds: float) -> None:
+        self.batches += 1
+        self.requests += size
+        self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
+        self.compute_seconds += seconds
+        if self.observe is not None:
+            self.observe(size, seconds)
+
     async def _run(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
-        while True:
+        ending = False
+        while not ending:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            if _RETIRE in batch:  # nothing is queued after the sentinel (submit checks `retired`)
+                batch.remove(_RETIRE)
+                ending = True
             batch = [(r, f) for r, f in batch if not f.cancelled()]  # client went away
             if not batch:
                 continue
-            self.batches += 1
-            self.requests += len(batch)
-            self.batch_sizes[len(batch)] = self.batch_sizes.get(len(batch), 0) + 1
             try:
                 requests = [r for r, _ in batch]
                 started = time.perf_counter()
@@ -266,7 +307,7 @@ class MicroBatcher:
                     results = await loop.run_in_executor(
                         self._executor, self.engine.recommend_batch, requests
                     )
-                self.compute_seconds += time.perf_counter() - started
+                self._account(len(batch), time.perf_counter() - started)
             except Exception as e:  # a bug must fail these requests, not kill the batching loop
                 for _, f in batch:
                     if not f.done():

@@ -8,8 +8,9 @@
 Both take per-query exclusions (the user's history) and a global ``blocked`` mask (items the run
 excluded from ranking). Adding an item is atomic for readers: the row is written beyond the published
 size first and the size is published last (one attribute assignment), so a concurrent search sees the
-catalogue either without or with the new item, never a half-written row. Growth reallocates with
-doubling capacity and swaps the buffer in the same single assignment.
+catalogue either without or with the new item, never a half-written row. Growth reallocates the
+online segment with doubling capacity and swaps the buffer in the same single assignment; the
+bundle's own matrix is never copied or written (`ExactIndex`), so it can stay memory-mapped.
 """
 
 from __future__ import annotations
@@ -26,24 +27,34 @@ INDEX_KINDS = ("exact", "flat", "ivf", "hnsw")
 
 @dataclass(frozen=True)
 class _View:
-    matrix: torch.Tensor  # [capacity, D]; rows >= n are not published yet
-    blocked: torch.Tensor  # bool [capacity]
-    n: int
+    base: torch.Tensor  # [N0, D] the bundle's matrix (memory-mapped from the bundle): never written
+    added: torch.Tensor  # [capacity, D] items added online; rows >= m are not published yet
+    blocked: torch.Tensor  # bool [N0 + capacity]
+    m: int  # published rows of `added`
     any_blocked: bool  # lets a search skip the mask pass over the catalogue when nothing is blocked
+
+    @property
+    def n(self) -> int:
+        return int(self.base.shape[0]) + self.m
 
 
 class ExactIndex:
+    """Two segments: the bundle's matrix as given (not copied: memory-mapped, its pages are shared by
+    every worker process through the page cache) and a small growing buffer of items added online.
+    A search takes the top k of each segment and merges the 2k candidates, so the base segment is
+    never concatenated with (copied next to) the added one."""
+
     kind = "exact"
 
     def __init__(self, matrix: torch.Tensor, blocked: torch.Tensor | None = None) -> None:
         n, d = matrix.shape
-        cap = max(16, n + n // 8)  # headroom so the first cold-start additions do not copy the matrix
-        buf = torch.zeros(cap, d, dtype=torch.float32)
-        buf[:n] = matrix.float()
-        blk = torch.zeros(cap, dtype=torch.bool)
+        base = matrix.float().contiguous()  # a no-op for the float32 matrix of a bundle: no copy
+        cap = 16
+        blk = torch.zeros(n + cap, dtype=torch.bool)
         if blocked is not None:
             blk[:n] = blocked
-        self._view = _View(buf, blk, n, bool(blk.any()))
+        added = torch.zeros(cap, d, dtype=torch.float32)
+        self._view = _View(base, added, blk, 0, bool(blk.any()))
         self._write = threading.Lock()  # one writer at a time; readers never take it
 
     @property
@@ -52,27 +63,39 @@ class ExactIndex:
 
     @property
     def dim(self) -> int:
-        return int(self._view.matrix.shape[1])
+        return int(self._view.base.shape[1])
 
     def vectors(self, rows: torch.Tensor) -> torch.Tensor:
-        return self._view.matrix[rows]
+        v = self._view
+        n0 = int(v.base.shape[0])
+        if v.m == 0:
+            return v.base[rows]
+        if n0 == 0:
+            return v.added[rows]
+        online = rows >= n0
+        out = v.base[rows.clamp(max=n0 - 1)]  # a gathered copy: safe to overwrite the online rows
+        if bool(online.any()):
+            out[online] = v.added[rows[online] - n0]
+        return out
 
     def add(self, vectors: torch.Tensor, blocked: bool = False) -> int:
         """Append ``vectors [m, D]``; returns the first new row. Visible to searches once it returns."""
         with self._write:
             v = self._view
-            m = vectors.shape[0]
-            matrix, blk = v.matrix, v.blocked
-            if v.n + m > matrix.shape[0]:
-                cap = max(2 * matrix.shape[0], v.n + m)
-                matrix = torch.zeros(cap, self.dim, dtype=torch.float32)
-                matrix[: v.n] = v.matrix[: v.n]
-                blk = torch.zeros(cap, dtype=torch.bool)
-                blk[: v.n] = v.blocked[: v.n]
-            matrix[v.n : v.n + m] = vectors.float()
-            blk[v.n : v.n + m] = blocked
-            self._view = _View(matrix, blk, v.n + m, v.any_blocked or blocked)  # publish: one assignment
-            return v.n
+            n0, m = int(v.base.shape[0]), vectors.shape[0]
+            added, blk = v.added, v.blocked
+            if v.m + m > added.shape[0]:
+                cap = max(2 * added.shape[0], v.m + m)
+                added = torch.zeros(cap, self.dim, dtype=torch.float32)
+                added[: v.m] = v.added[: v.m]
+                blk = torch.zeros(n0 + cap, dtype=torch.bool)
+                blk[: n0 + v.m] = v.blocked[: n0 + v.m]
+            added[v.m : v.m + m] = vectors.float()
+            blk[n0 + v.m : n0 + v.m + m] = blocked
+            self._view = _View(
+                v.base, added, blk, v.m + m, v.any_blocked or blocked
+            )  # publish: one assignment
+            return n0 + v.m
 
     def search(
         self, users: torch.Tensor, k: int, exclude: list[np.ndarray] | None = None
@@ -80,16 +103,33 @@ class ExactIndex:
         """``users [B, D]`` -> (scores ``[B, k']``, rows ``[B, k']``), k' = min(k, servable items);
         excluded and blocked rows come back only as ``-inf`` scores when fewer than k remain."""
         v = self._view
-        scores = users @ v.matrix[: v.n].T
+        n0 = int(v.base.shape[0])
+        segments = [users @ v.base.T]
+        if v.m:
+            segments.append(users @ v.added[: v.m].T)
         if v.any_blocked:
-            scores.masked_fill_(v.blocked[: v.n][None, :], NEG_INF)
+            segments[0].masked_fill_(v.blocked[:n0][None, :], NEG_INF)
+            if v.m:
+                segments[1].masked_fill_(v.blocked[n0 : n0 + v.m][None, :], NEG_INF)
         if exclude is not None and any(len(rows) for rows in exclude):
             # one scatter for the whole batch instead of one indexing call per request
             batch_rows = np.repeat(np.arange(len(exclude)), [len(rows) for rows in exclude])
             item_rows = np.concatenate(exclude).astype(np.int64, copy=False)
-            scores[torch.from_numpy(batch_rows), torch.from_numpy(item_rows)] = NEG_INF
-        top = torch.topk(scores, min(k, v.n), dim=1)
-        return top.values, top.indices
+            in_base = item_rows < n0
+            segments[0][torch.from_numpy(batch_rows[in_base]), torch.from_numpy(item_rows[in_base])] = NEG_INF
+            if v.m and not in_base.all():
+                online = ~in_base
+                segments[1][
+                    torch.from_numpy(batch_rows[online]), torch.from_numpy(item_rows[online] - n0)
+                ] = NEG_INF
+        top = torch.topk(segments[0], min(k, n0), dim=1)
+        if not v.m:
+            return top.values, top.indices
+        extra = torch.topk(segments[1], min(k, v.m), dim=1)
+        values = torch.cat([top.values, extra.values], dim=1)  # 2k candidates, not N: cheap to merge
+        rows = torch.cat([top.indices, extra.indices + n0], dim=1)
+        best = torch.topk(values, min(k, v.n), dim=1)
+        return best.values, rows.gather(1, best.indices)
 
 
 class FaissIndex:

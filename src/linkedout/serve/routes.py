@@ -6,10 +6,13 @@
     GET  /v1/items           catalogue page (offset, limit, q)
     GET  /v1/items/{id}      one item (title, layer weights, added online or not)
     GET  /v1/items/{id}/thumbnail
+    POST /v1/admin/reload    {bundle?}   load, warm and swap a bundle with no downtime (API key)
     GET  /healthz   GET /metrics (Prometheus text)   GET / (demo page)
 
 Each handler takes its body and the `State` (via the `get_state` dependency; limits from
-``state.config``), so it can be called without an HTTP client. `app.create_app` includes the router.
+``state.config``), so it can be called without an HTTP client. A handler reads ``state.serving`` (bundle,
+engine, batcher) once and keeps that snapshot: a reload swaps it, and a request must not mix two.
+`app.create_app` includes the router.
 Every bad input is a 4xx with a message (schemathesis runs against the OpenAPI spec in
 tests/test_serve_api.py to keep it so).
 """
@@ -17,6 +20,7 @@ tests/test_serve_api.py to keep it so).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -40,10 +44,13 @@ from linkedout.serve.schemas import (
     Recommended,
     RecommendRequest,
     RecommendResponse,
+    ReloadRequest,
+    ReloadResponse,
     WatchEvent,
+    WorkerState,
 )
 from linkedout.serve.security import require_key, resolve_media_path
-from linkedout.serve.state import State, get_state
+from linkedout.serve.state import Serving, State, get_state
 
 STATIC = Path(__file__).with_name("static")
 
@@ -70,9 +77,11 @@ def _thumb_url(engine: Engine, row: int) -> str | None:
     return f"/v1/items/{quote(engine.ids[row], safe='')}/thumbnail"
 
 
-def item_info(state: State, row: int) -> ItemInfo:
-    """The `ItemInfo` of one index row (catalogue or added online), as every item endpoint returns it."""
-    engine = state.engine
+def item_info(state: State, row: int, serving: Serving | None = None) -> ItemInfo:
+    """The `ItemInfo` of one index row (catalogue or added online), as every item endpoint returns it;
+    ``serving``: the snapshot the row came from (default: the current one)."""
+    serving = serving or state.serving
+    engine = serving.engine
     item_id = engine.ids[row]
     source = engine.added_source.get(row, "bundle")
     return ItemInfo(
@@ -81,8 +90,8 @@ def item_info(state: State, row: int) -> ItemInfo:
         row=row,
         added_online=row in engine.added_source,
         source=source,
-        blocked=bool(row < state.bundle.n_items and state.bundle.blocked[row]),
-        layer_names=state.bundle.layer_names,
+        blocked=bool(row < serving.bundle.n_items and serving.bundle.blocked[row]),
+        layer_names=serving.bundle.layer_names,
         layer_weights=engine.layer_weights(row),
         thumbnail=_thumb_url(engine, row),
     )
@@ -93,7 +102,8 @@ def item_info(state: State, row: int) -> ItemInfo:
     "/v1/recommend", response_model=RecommendResponse, responses={404: {}, 413: {}, 422: {}, 503: {}}
 )
 async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -> RecommendResponse:
-    engine, config = state.engine, state.config
+    serving, config = state.serving, state.config
+    engine = serving.engine
     if (body.history is None) == (body.user_id is None):
         raise HTTPException(422, "give exactly one of `history` (item ids) or `user_id`")
     if body.k > config.max_k:
@@ -118,7 +128,7 @@ async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -
         raise HTTPException(422, "history is empty: give at least one item id")
     used = np.asarray(rows[-engine.max_len :], dtype=np.int64)  # the model's window: most recent last
     exclude = np.unique(np.asarray(rows, dtype=np.int64)) if body.exclude_seen else np.zeros(0, np.int64)
-    result = await state.batcher.submit(
+    result = await serving.batcher.submit(
         RecRequest(used, exclude, body.k, body.explain, explain_window=config.explain_window)
     )
     items = []
@@ -141,7 +151,7 @@ async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -
         )
     return RecommendResponse(
         items=items,
-        layer_names=state.bundle.layer_names,
+        layer_names=serving.bundle.layer_names,
         history_used=[engine.ids[r] for r in used.tolist()],
         truncated=len(rows) > len(used),
     )
@@ -192,15 +202,16 @@ async def events(body: EventsRequest, state: State = Depends(get_state)) -> Even
     responses={401: {}, 403: {}, 409: {}, 413: {}, 422: {}, 503: {}},
 )
 async def add_item(body: NewItem, state: State = Depends(get_state)) -> ItemInfo:
-    engine = state.engine
+    serving = state.serving
+    engine = serving.engine
     if (body.tokens is None) == (body.video_path is None):
         raise HTTPException(422, "give exactly one of `tokens` (LayerTokens [L, S, D]) or `video_path`")
     if body.item_id in engine.row_of:
         raise HTTPException(409, f"item {body.item_id!r} already exists")
-    if not state.bundle.can_encode_items:
+    if not serving.bundle.can_encode_items:
         raise HTTPException(
             409,
-            f"this bundle's item encoder ({state.bundle.model_config.item_encoder}) is "
+            f"this bundle's item encoder ({serving.bundle.model_config.item_encoder}) is "
             "id-only: new items need a bundle exported from a content item encoder",
         )
     thumb = None
@@ -239,7 +250,7 @@ async def add_item(body: NewItem, state: State = Depends(get_state)) -> ItemInfo
     try:  # durable first: an acknowledged item survives a crash (replayed at startup)
         await asyncio.wrap_future(
             state.log.add_item(
-                body.item_id, state.bundle.bundle_id, vec.tobytes(), lw, body.title, thumb, source
+                body.item_id, serving.bundle.bundle_id, vec.tobytes(), lw, body.title, thumb, source
             )
         )
     except ItemExists:
@@ -250,7 +261,8 @@ async def add_item(body: NewItem, state: State = Depends(get_state)) -> ItemInfo
     row = engine.row_of.get(body.item_id)
     if row is None:
         row = engine.add_item(body.item_id, torch.from_numpy(vec), weights, body.title, thumb, source)
-    return item_info(state, row)
+    state.metrics.set_catalogue(engine.n_items, len(engine.added_source))
+    return item_info(state, row, serving)
 
 
 @router.get("/v1/items", response_model=ItemList)
@@ -261,7 +273,8 @@ async def list_items(
     limit: Annotated[int, Query(ge=1, le=500)] = 60,
     q: Annotated[str, StringConstraints(max_length=200)] | None = None,
 ) -> ItemList:
-    engine = state.engine
+    serving = state.serving
+    engine = serving.engine
     n = engine.n_items
     if q:
         needle = q.lower()
@@ -269,39 +282,45 @@ async def list_items(
     else:
         rows = range(n)
     page = rows[offset : offset + limit]
-    return ItemList(total=len(rows), items=[item_info(state, r) for r in page])
+    return ItemList(total=len(rows), items=[item_info(state, r, serving) for r in page])
 
 
 @router.get("/v1/items/{item_id}", response_model=ItemInfo, responses={404: {}})
 async def get_item(item_id: str, state: State = Depends(get_state)) -> ItemInfo:
-    row = state.engine.row_of.get(item_id)
+    serving = state.serving
+    row = serving.engine.row_of.get(item_id)
     if row is None:
         raise HTTPException(404, f"unknown item {item_id!r}")
-    return item_info(state, row)
+    return item_info(state, row, serving)
 
 
 @router.get("/v1/items/{item_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}, 404: {}})
 async def thumbnail(item_id: str, state: State = Depends(get_state)) -> Response:
-    row = state.engine.row_of.get(item_id)
-    if row is None or row not in state.engine.thumbnails:
+    engine = state.engine
+    row = engine.row_of.get(item_id)
+    if row is None or row not in engine.thumbnails:
         raise HTTPException(404, f"no thumbnail for item {item_id!r}")
-    return Response(state.engine.thumbnails[row], media_type="image/jpeg")
+    return Response(engine.thumbnails[row], media_type="image/jpeg")
 
 
 # ---------------------------------------------------------------------- ops
 @router.get("/healthz")
 async def healthz(state: State = Depends(get_state)) -> dict:
-    card = state.bundle.meta.get("card") or {}
+    serving = state.serving
+    bundle, engine = serving.bundle, serving.engine
+    card = bundle.meta.get("card") or {}
     return {
         "status": "ok",
-        "items": state.engine.n_items,
-        "items_added_online": len(state.engine.added_source),
+        "items": engine.n_items,
+        "items_added_online": len(engine.added_source),
         "events": state.n_events,
-        "bundle_id": state.bundle.bundle_id,
-        "fingerprint": state.bundle.fingerprint,
-        "model": state.bundle.model_config.name,
-        "item_encoder": state.bundle.model_config.item_encoder,
-        "index": state.engine.index.kind,
+        "bundle_id": bundle.bundle_id,
+        "generation": serving.generation,
+        "worker_pid": os.getpid(),  # which worker answered (several share the port)
+        "fingerprint": bundle.fingerprint,
+        "model": bundle.model_config.name,
+        "item_encoder": bundle.model_config.item_encoder,
+        "index": engine.index.kind,
         "protocol": card.get("protocol_line"),
         "metrics": card.get("metrics"),
         "uptime_s": round(time.time() - state.started, 3),
@@ -309,19 +328,54 @@ async def healthz(state: State = Depends(get_state)) -> dict:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(state: State = Depends(get_state)) -> PlainTextResponse:
-    b = state.batcher
-    gauges = {
-        "linkedout_catalogue_items": ("Items in the index.", state.engine.n_items),
-        "linkedout_items_added_online": ("Items added since export.", len(state.engine.added_source)),
-        "linkedout_events_stored": ("Watch events stored.", state.n_events),
-        "linkedout_recommend_batches_total": ("Micro-batches run.", b.batches),
-        "linkedout_recommend_batched_requests_total": ("Requests in micro-batches.", b.requests),
-        "linkedout_eventlog_commits_total": ("Event store group commits.", state.log.commits),
-        "linkedout_recommend_compute_seconds_total": ("Time scoring batches.", b.compute_seconds),
-    }
-    text = state.metrics.render(gauges)
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+async def metrics(state: State = Depends(get_state)) -> Response:
+    # the event count is read from the store, not kept per process: with several workers (or
+    # replicas on one database) no single process has seen every event
+    state.n_events = await asyncio.to_thread(state.log.count_events)
+    state.metrics.events.set(state.n_events)
+    state.refresh_gauges()
+    return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+
+@router.post(
+    "/v1/admin/reload",
+    response_model=ReloadResponse,
+    dependencies=[Depends(require_key)],
+    responses={401: {}, 403: {}, 422: {}},
+)
+async def reload(body: ReloadRequest | None = None, state: State = Depends(get_state)) -> ReloadResponse:
+    """Load the named bundle (default: the served bundle's directory again), score once with it,
+    then swap. A broken bundle is refused with 422 and the old one keeps serving. With several
+    workers the reply waits until every worker serves it (or reload_wait_s passed: all_workers false)."""
+    try:
+        path = state.resolve_bundle(body.bundle if body else None)
+    except PermissionError as e:
+        raise HTTPException(403, str(e)) from None
+    except BundleError as e:
+        raise HTTPException(422, str(e)) from None
+    try:
+        outcome = await state.reload(path)
+    except BundleError as e:
+        raise HTTPException(422, f"bundle refused, still serving {state.bundle.bundle_id}: {e}") from None
+    serving = outcome.serving
+    return ReloadResponse(
+        bundle_id=serving.bundle.bundle_id,
+        bundle=str(path),
+        previous_bundle_id=outcome.previous_bundle_id,
+        generation=serving.generation,
+        items=serving.engine.n_items,
+        load_seconds=round(outcome.load_seconds, 4),
+        warm_seconds=round(outcome.warm_seconds, 4),
+        all_workers=outcome.all_workers,
+        workers=(
+            {
+                str(pid): WorkerState(**{k: r.get(k) for k in WorkerState.model_fields})
+                for pid, r in outcome.workers.items()
+            }
+            if outcome.workers is not None
+            else None
+        ),
+    )
 
 
 @router.get("/", include_in_schema=False)

@@ -91,3 +91,30 @@ class ItemInfo(BaseModel):
 class ItemList(BaseModel):
     total: int
     items: list[ItemInfo]
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = Field(
+        None,
+        description="Bundle directory under the server's bundle roots (default: the served one, re-read).",
+    )
+
+
+class WorkerState(BaseModel):
+    generation: int
+    bundle_id: str
+    error: str | None = None
+    failed: int | None = None
+
+
+class ReloadResponse(BaseModel):
+    bundle_id: str
+    bundle: str
+    previous_bundle_id: str
+    generation: int
+    items: int
+    load_seconds: float
+    warm_seconds: float
+    all_workers: bool = Field(description="Every worker process serves this generation.")
+    workers: dict[str, WorkerState] | None = Field(None, description="Per worker pid, with several workers.")
