@@ -15,8 +15,8 @@
         ▼
     driver: iter_batches() ─► store.append(block) + store.record_failures  one Lance commit per block
         ▼
-    items no block delivered (their worker died every try) ─► a second pass, one item per block
-        ─► still missing: recorded as "backbone: Ray worker died ..." ─► store.compact()
+    items no block delivered (their worker died on every try) ─► "backbone: the Ray worker died ..."
+        ─► store.compact()
 
 Why it is built like this:
 
@@ -33,9 +33,9 @@ Why it is built like this:
   store's before encoding anything.
 * **Failures.** An actor that dies mid-batch (out of memory, a segfault) is restarted by Ray and the
   batch is tried again, up to ``_TASK_RETRIES`` more times; a batch that kills every try is set aside
-  (``max_errored_blocks``) and its items go through a second pass one by one, so the culprit alone is
-  recorded and its batch-mates are stored. Nothing half-written can result: a block is committed by
-  the driver only once it arrived whole.
+  (``max_errored_blocks``) and its items are recorded as "backbone:" failures, which the next run
+  retries. Nothing half-written can result: a block is committed by the driver only once it arrived
+  whole.
 * **Resume.** The driver is the only writer, so ``kill -9`` of the driver leaves committed blocks and
   nothing else; Ray ends the dead driver's tasks and actors, and a rerun skips ``store.done_ids()``.
 """
@@ -43,7 +43,6 @@ Why it is built like this:
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import pickle
 import socket
@@ -352,7 +351,7 @@ def _run_pass(
 ) -> int:
     """Run ``items`` through the cluster, committing each arriving block; returns the failure streak.
     Blocks whose workers died on every try are skipped (up to all of them): the caller finds their
-    items missing."""
+    items missing. ``batch_size``: items per backbone call."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -384,11 +383,6 @@ def _run_pass(
         fails_in_a_row = 0 if tokens else fails_in_a_row + backbone_failures
         _stop_if_broken(fails_in_a_row, report)
         t_wait = time.perf_counter()
-    # Ray Data ends a finished pool by dropping its actor handles, not by killing the actors; an actor
-    # that was restarting when its batch was given up on stays referenced from garbage cycles here
-    # and keeps its CPU/GPU reserved, which would starve the next pass (seen: a hang on 2 CPUs).
-    del batches
-    gc.collect()
     return fails_in_a_row
 
 
@@ -452,14 +446,16 @@ def extract_ray(
         )
         with _Progress(progress, len(todo), f"extract {name} (ray, {actors} actors)") as bar:
             streak = _run_pass(todo, settings, batch_size, store, report, bar, 0) if todo else 0
+            # Items of batches that killed their actor on every try: no block came back for them.
+            # Recorded as "backbone:" failures, which the next run retries. (Not re-run one by one
+            # here: Ray Data 2.60 can leave an actor that was restarting when the pass ended alive
+            # and holding its CPU/GPU, which starves a second pass in the same process.)
             missing = [it for it in todo if it.id not in report.failed and it.id not in store]
-            if missing and batch_size > 1:  # one by one: only the item that kills its worker fails
-                streak = _run_pass(missing, settings, 1, store, report, bar, streak)
-                missing = [it for it in missing if it.id not in report.failed and it.id not in store]
             if missing:
                 tries = 1 + _TASK_RETRIES
                 lost = {
-                    it.id: f"backbone: the Ray worker died on this item ({tries} tries)" for it in missing
+                    it.id: f"backbone: the Ray worker died on this item's batch ({tries} tries)"
+                    for it in missing
                 }
                 for item_id, reason in lost.items():
                     bar.failed(item_id, reason)
