@@ -244,6 +244,22 @@ def extract_cmd(
     new_tokens: int | None = typer.Option(None, "--new-tokens", help="vllm: K generated tokens."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Decode again items that failed before."),
+    engine: str = typer.Option(
+        "local", "--engine", help="local (this process) | ray (decode tasks + backbone actors on Ray)."
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="ray: cluster address (auto, host:port).", show_default="a local Ray"
+    ),
+    actors: int | None = typer.Option(None, "--actors", help="ray: backbone actors.", show_default="1"),
+    gpus_per_actor: float | None = typer.Option(
+        None, "--gpus-per-actor", help="ray: GPUs per backbone actor (with --device cuda).", show_default="0"
+    ),
+    cpus_per_actor: float | None = typer.Option(
+        None,
+        "--cpus-per-actor",
+        help="ray: CPUs reserved per backbone actor.",
+        show_default="1, less if decode tasks would get no CPU",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the run report as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -270,6 +286,11 @@ def extract_cmd(
         new_tokens=new_tokens,
         device=device,
         retry_failed=retry_failed,
+        engine=engine,
+        address=address,
+        actors=actors,
+        gpus_per_actor=gpus_per_actor,
+        cpus_per_actor=cpus_per_actor,
     )
     try:
         report = options.run(catalog, store, progress=not quiet)

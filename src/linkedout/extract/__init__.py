@@ -1,6 +1,7 @@
 """linkedout.extract: catalog -> frames -> frozen backbone -> FeatureStore, resumable (see pipeline.py).
 
-Public API: :func:`extract`, :class:`ExtractReport`, :class:`ExtractError`, :func:`load_catalog`,
+Public API: :func:`extract`, :func:`extract_ray` (the same on a Ray cluster, ray_engine.py),
+:class:`ExtractReport`, :class:`ExtractError`, :func:`load_catalog`,
 :class:`ExtractOptions` (a run's settings, checked per backbone kind).
 A store's description (`linkedout store info`) lives with the store: `linkedout.store.info`.
 
@@ -23,7 +24,10 @@ _EXPORTS = {
     "extract": "pipeline",
     "load_catalog": "pipeline",
     "ExtractOptions": "options",
+    "ENGINES": "options",
     "PARALLEL_MODES": "options",
+    "ExtractorRecipe": "ray_engine",
+    "extract_ray": "ray_engine",
 }
 
 __all__ = sorted(_EXPORTS)

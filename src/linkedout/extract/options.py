@@ -10,6 +10,7 @@ code; library callers get the same checks and the same messages.
     ExtractOptions ──validate()──► ValueError with the flag's name, before the catalog or a model loads
                    ──build()─────► (backbone, sampler): get_backbone(name, **backbone_options(sampler))
                    ──run()───────► load_catalog ─► build ─► extract ─► ExtractReport
+                                   engine="ray": load_catalog ─► recipe() ─► extract_ray (ray_engine.py)
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import linkedout.backbones as backbones
 from linkedout.backbones import BACKBONES, Backbone
 from linkedout.extract.pipeline import ExtractReport, default_frame_size, extract, load_catalog
 from linkedout.video import FrameSampler
 
-__all__ = ["PARALLEL_MODES", "ExtractOptions"]
+if TYPE_CHECKING:
+    from linkedout.extract.ray_engine import ExtractorRecipe
+
+__all__ = ["ENGINES", "PARALLEL_MODES", "ExtractOptions"]
 
 PARALLEL_MODES = ("threads", "processes")
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -38,6 +43,10 @@ class ExtractOptions:
     ``layers``: integers for frames/text (a ``"0,4,16"`` string or a sequence), a layer spec such as
     ``"every:4"`` for vllm. ``prompt`` does not apply to frames; ``model`` and ``new_tokens`` only to
     vllm: passing them elsewhere is an error rather than silently ignored.
+
+    ``engine``: ``local`` (this process, decode workers beside it) or ``ray`` (decode tasks and a
+    backbone actor pool on a Ray cluster; see `linkedout.extract.ray_engine`). ``address``, ``actors``,
+    ``gpus_per_actor`` and ``cpus_per_actor`` are Ray's; ``workers`` and ``parallel`` the local engine's.
     """
 
     backbone: str = "frames"
@@ -54,6 +63,11 @@ class ExtractOptions:
     new_tokens: int | None = None
     device: str = "cpu"
     retry_failed: bool = False
+    engine: str = "local"
+    address: str | None = None
+    actors: int | None = None
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float | None = None
 
     @property
     def kind(self) -> str:
@@ -67,15 +81,69 @@ class ExtractOptions:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.parallel not in PARALLEL_MODES:
             raise ValueError(f"--parallel must be threads or processes, not {self.parallel!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine must be local or ray, not {self.engine!r}")
+        ray = self.engine == "ray"
         unused = {
             "--prompt": self.prompt is not None and kind == "frames",
             "--model": self.model is not None and kind != "vllm",
             "--new-tokens": self.new_tokens is not None and kind != "vllm",
+            # the local engine's decode pool; on Ray, decode tasks are scheduled by the cluster
+            "--workers": self.workers is not None and ray,
+            "--parallel": self.parallel != "threads" and ray,
         }
+        for flag, value in {
+            "--address": self.address,
+            "--actors": self.actors,
+            "--gpus-per-actor": self.gpus_per_actor,
+            "--cpus-per-actor": self.cpus_per_actor,
+        }.items():
+            if value is not None and not ray:
+                raise ValueError(f"{flag} applies to --engine ray only")
+        if ray:
+            self._check_ray()
         for flag, bad in unused.items():
             if bad:  # silently ignoring an option would make the user believe it took effect
-                raise ValueError(f"{flag} does not apply to the {kind} backbone")
+                where = (
+                    f"--engine {self.engine}"
+                    if flag in ("--workers", "--parallel")
+                    else f"the {kind} backbone"
+                )
+                raise ValueError(f"{flag} does not apply to {where}")
         self._layers()
+
+    def _check_ray(self) -> None:
+        if self.actors is not None and self.actors < 1:
+            raise ValueError(f"--actors must be >= 1, not {self.actors}")
+        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
+            raise ValueError(f"--cpus-per-actor must be > 0, not {self.cpus_per_actor}")
+        gpus = self.gpus_per_actor or 0
+        if gpus < 0:
+            raise ValueError(f"--gpus-per-actor must be >= 0, not {gpus}")
+        # A GPU reserved for a model that then runs on the CPU (or the reverse) is a mistake either
+        # way; the device stays explicit rather than switched behind the user's back.
+        if gpus and not self.device.startswith("cuda"):
+            raise ValueError(f"--gpus-per-actor {gpus:g} reserves GPUs: pass --device cuda too")
+        if not gpus and self.device.startswith("cuda"):
+            raise ValueError("--device cuda with --engine ray needs --gpus-per-actor (e.g. 1)")
+
+    def recipe(self) -> ExtractorRecipe:
+        """How each Ray worker builds this run's extractor without loading anything here: the spec
+        `get_backbone` would record, and the runtime options it leaves out of it."""
+        from linkedout.backbones import RUNTIME_OPTIONS
+        from linkedout.backbones.extractor import ExtractorSpec
+        from linkedout.extract.ray_engine import ExtractorRecipe
+
+        sampler = self.frame_sampler()
+        options = self.backbone_options(sampler)
+        spec = ExtractorSpec(
+            self.backbone,
+            {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS},
+            {"num_frames": sampler.num_frames, "size": sampler.size, "mode": sampler.mode}
+            if sampler
+            else None,
+        )
+        return ExtractorRecipe(spec, {k: v for k, v in options.items() if k in RUNTIME_OPTIONS})
 
     def frame_sampler(self) -> FrameSampler | None:
         """How clips are decoded for this backbone; None for text, which never decodes."""
@@ -120,6 +188,23 @@ class ExtractOptions:
         items = load_catalog(catalog)
         if len(items) == 0:
             raise ValueError(f"the catalog {catalog} holds no items (no video files / empty manifest)")
+        if self.engine == "ray":
+            from linkedout.extract.ray_engine import extract_ray
+
+            return extract_ray(
+                items,
+                self.recipe(),
+                store,
+                address=self.address,
+                actors=self.actors or 1,
+                gpus_per_actor=self.gpus_per_actor or 0,
+                cpus_per_actor=self.cpus_per_actor,
+                batch_size=self.batch_size,
+                torch_threads=self.torch_threads or None,
+                limit=self.limit,
+                retry_failed=self.retry_failed,
+                progress=progress,
+            )
         backbone, sampler = self.build()
         return extract(
             items,

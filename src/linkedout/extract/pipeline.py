@@ -117,8 +117,9 @@ class ExtractReport:
     backbone_seconds: float = 0.0
     write_seconds: float = 0.0
     compact_seconds: float = 0.0
-    workers: int = 0
+    workers: int = 0  # decode workers (local engine) or backbone actors (Ray engine)
     parallel: str = "threads"
+    engine: str = "local"  # "local" (this module) or "ray" (linkedout.extract.ray_engine)
     torch_threads: int | None = None  # set for the run (None: left as it was)
     batch_size: int = 0
     num_frames: int | None = None
@@ -462,6 +463,104 @@ def _encode_batch(backbone: Backbone, batch: list[ItemInput]) -> tuple[list[Item
 
 
 # --------------------------------------------------------------------------------------------------
+# run bookkeeping shared by both engines (this loop and linkedout.extract.ray_engine)
+
+
+def store_options(extractor: Extractor) -> dict[str, Any]:
+    """`FeatureStore.open_or_create` keyword arguments that key a store by this extractor. A plain dict:
+    the Ray engine computes it on a worker (where the model loads) and sends it to the driver."""
+    backbone = extractor.backbone
+    spec = extractor.spec()
+    return {
+        "fingerprint_fields": extractor.fingerprint_fields(),
+        "layers": backbone.layers,
+        "token_kinds": backbone.token_kinds,
+        "dim": backbone.dim,
+        "layer_names": getattr(backbone, "layer_names", None),
+        "extractor": spec.to_json() if spec is not None else None,
+    }
+
+
+@dataclass
+class _Plan:
+    """Which items a run works on: the scope minus committed rows minus known decode failures."""
+
+    items: list[CatalogItem]
+    done: set[str]
+    skip_failed: set[str]
+
+    @property
+    def todo(self) -> list[CatalogItem]:
+        return [it for it in self.items if it.id not in self.done and it.id not in self.skip_failed]
+
+    def report(self, store: FeatureStore, backbone: str, **fields: Any) -> ExtractReport:
+        return ExtractReport(
+            store_path=str(store.path),
+            fingerprint=store.fingerprint,
+            backbone=backbone,
+            catalog_items=len(self.items),
+            already_done=sum(it.id in self.done for it in self.items),
+            skipped_failed=sum(it.id in self.skip_failed and it.id not in self.done for it in self.items),
+            attempted=len(self.todo),
+            extracted=0,
+            **fields,
+        )
+
+
+def _plan(items: list[CatalogItem], store: FeatureStore, retry_failed: bool) -> _Plan:
+    done = store.done_ids()
+    skip_failed: set[str] = set()
+    if not retry_failed:
+        fails = store.failures()
+        for item_id, reason in zip(
+            fails.column("item_id").to_pylist(), fails.column("reason").to_pylist(), strict=True
+        ):
+            # Only decode failures are a property of the file; "backbone:" ones may be transient.
+            if not str(reason).startswith("backbone:") and item_id not in done:
+                skip_failed.add(item_id)
+    return _Plan(items, done, skip_failed)
+
+
+def item_input_or_failure(
+    extractor: Extractor, item: CatalogItem, decoded: DecodedClip | DecodeFailure | None
+) -> ItemInput | str:
+    """The backbone's input for one item, or why it has none (a reason with its stage prefix)."""
+    if isinstance(decoded, DecodeFailure):
+        return f"decode: {decoded.reason}"
+    given = extractor.item_input(item.id, decoded, title=item.title, text=item.text, path=item.path)
+    if decoded is None and given.text is None:  # text backbone, nothing to read
+        return "text: item has no title or text"
+    return given
+
+
+def _commit(
+    store: FeatureStore,
+    tokens: list[ItemTokens],
+    failures: dict[str, str],
+    report: ExtractReport,
+    bar: _Progress,
+) -> None:
+    """One batch's tokens (one Lance commit: all visible or none), then its failures."""
+    t0 = time.perf_counter()
+    store.append(tokens)
+    if failures:
+        store.record_failures(failures)
+        report.failed.update(failures)
+    report.write_seconds += time.perf_counter() - t0
+    report.extracted += len(tokens)
+    bar.done(len(tokens))
+
+
+def _stop_if_broken(fails_in_a_row: int, report: ExtractReport) -> None:
+    if fails_in_a_row >= _MAX_BACKBONE_FAILURES_IN_A_ROW:
+        last = next(reversed(report.failed.values()))
+        raise ExtractError(
+            f"the backbone failed on {fails_in_a_row} items in a row, none succeeded; stopping "
+            f"(last error: {last}). Items stored so far are kept; fix the cause and re-run to resume."
+        )
+
+
+# --------------------------------------------------------------------------------------------------
 # the pipeline
 
 
@@ -518,36 +617,12 @@ def extract(
     n_prefetch = max(1, prefetch if prefetch is not None else 2 * batch_size)
 
     extractor = Extractor(backbone, sampler)
-    spec = extractor.spec()
-    store = FeatureStore.open_or_create(
-        store_path,
-        extractor.fingerprint_fields(),
-        backbone.layers,
-        backbone.token_kinds,
-        backbone.dim,
-        layer_names=getattr(backbone, "layer_names", None),
-        extractor=spec.to_json() if spec is not None else None,
-    )
-    done = store.done_ids()
-    skip_failed: set[str] = set()
-    if not retry_failed:
-        fails = store.failures()
-        for item_id, reason in zip(
-            fails.column("item_id").to_pylist(), fails.column("reason").to_pylist(), strict=True
-        ):
-            # Only decode failures are a property of the file; "backbone:" ones may be transient.
-            if not str(reason).startswith("backbone:") and item_id not in done:
-                skip_failed.add(item_id)
-    todo = [it for it in items if it.id not in done and it.id not in skip_failed]
-    report = ExtractReport(
-        store_path=str(store.path),
-        fingerprint=store.fingerprint,
-        backbone=backbone.name,
-        catalog_items=len(items),
-        already_done=sum(it.id in done for it in items),
-        skipped_failed=sum(it.id in skip_failed and it.id not in done for it in items),
-        attempted=len(todo),
-        extracted=0,
+    store = FeatureStore.open_or_create(store_path, **store_options(extractor))
+    plan = _plan(items, store, retry_failed)
+    todo = plan.todo
+    report = plan.report(
+        store,
+        backbone.name,
         workers=n_workers,
         parallel=parallel if n_workers else "inline",
         torch_threads=n_threads,
@@ -578,21 +653,9 @@ def extract(
                 bar.failed(item_id, reason)
             fails_in_a_row = 0 if tokens else fails_in_a_row + len(bad)
             batch.clear()
-        t0 = time.perf_counter()
-        store.append(tokens)  # one commit: the batch's tokens are all visible or none are
-        if pending_failures:
-            store.record_failures(pending_failures)
-            report.failed.update(pending_failures)
-            pending_failures.clear()
-        report.write_seconds += time.perf_counter() - t0
-        report.extracted += len(tokens)
-        bar.done(len(tokens))
-        if fails_in_a_row >= _MAX_BACKBONE_FAILURES_IN_A_ROW:
-            last = next(reversed(report.failed.values()))
-            raise ExtractError(
-                f"the backbone failed on {fails_in_a_row} items in a row, none succeeded; stopping "
-                f"(last error: {last}). Items stored so far are kept; fix the cause and re-run to resume."
-            )
+        _commit(store, tokens, pending_failures, report, bar)
+        pending_failures.clear()
+        _stop_if_broken(fails_in_a_row, report)
 
     label = f"extract {backbone.name}"
     with (
@@ -601,22 +664,14 @@ def extract(
         _torch_threads(n_threads if todo else None),
     ):
         for item, decoded in source:
-            if isinstance(decoded, DecodeFailure):
-                reason = f"decode: {decoded.reason}"
-                pending_failures[item.id] = reason
-                bar.failed(item.id, reason)
+            if isinstance(decoded, DecodedClip) and decoded.warnings:
+                report.warnings[item.id] = list(decoded.warnings)
+            given = item_input_or_failure(extractor, item, decoded)
+            if isinstance(given, str):
+                pending_failures[item.id] = given
+                bar.failed(item.id, given)
             else:
-                if decoded is not None and decoded.warnings:
-                    report.warnings[item.id] = list(decoded.warnings)
-                given = extractor.item_input(
-                    item.id, decoded, title=item.title, text=item.text, path=item.path
-                )
-                if decoded is None and given.text is None:  # text backbone, nothing to read
-                    reason = "text: item has no title or text"
-                    pending_failures[item.id] = reason
-                    bar.failed(item.id, reason)
-                else:
-                    batch.append(given)
+                batch.append(given)
             # A full batch goes to the backbone; so does a partial one when the next clip is still
             # decoding: the backbone would otherwise idle (on the first batch, for a whole batch's
             # decode). Failures are written with batches, or alone when many pile up.
