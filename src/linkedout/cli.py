@@ -390,7 +390,9 @@ def serve_cmd(
     cors_origin: list[str] = typer.Option(
         [], "--cors-origin", help="Allow this browser origin (CORS off by default)."
     ),
-    index: str = typer.Option("exact", "--index", help="exact | flat | ivf | hnsw (the last three: FAISS)."),
+    index: str = typer.Option(
+        "exact", "--index", help="exact | exact-bf16 | flat | ivf | ivfpq | hnsw (the last four: FAISS)."
+    ),
     threads: int = typer.Option(1, "--threads", help="torch threads for the scoring worker."),
     max_body: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes"),
     max_history: int = typer.Option(1000, "--max-history"),
