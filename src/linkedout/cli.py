@@ -369,6 +369,8 @@ def export_cmd(
     typer.echo(
         f"wrote {out}: {bundle.n_items} items x {bundle.dim} ({cfg.name} + {cfg.item_encoder}), "
         f"new items {'encodable' if bundle.can_encode_items else 'not encodable (id-only)'}, "
+        f"{bundle.meta.get('store_items', 0)} store-only and {int(bundle.cold.sum())} cold items in all, "
+        f"{bundle.histories.n_users if bundle.histories else 0} users' histories, "
         f"{len(bundle.thumbnails)} thumbnails"
     )
 

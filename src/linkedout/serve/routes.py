@@ -31,6 +31,7 @@ from pydantic import StringConstraints
 from linkedout.serve.bundle import BundleError
 from linkedout.serve.engine import Engine, RecRequest
 from linkedout.serve.events import Event, EventConflict
+from linkedout.serve.histories import user_history_rows
 from linkedout.serve.schemas import (
     Contribution,
     EventsRequest,
@@ -83,6 +84,8 @@ def item_info(state: State, row: int) -> ItemInfo:
         added_online=row in engine.added_source,
         source=source,
         blocked=bool(row < state.bundle.n_items and state.bundle.blocked[row]),
+        # an item added online has no training events either
+        cold=bool(row >= state.bundle.n_items or state.bundle.cold[row]),
         layer_names=state.bundle.layer_names,
         layer_weights=engine.layer_weights(row),
         thumbnail=_thumb_url(engine, row),
@@ -106,10 +109,17 @@ async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -
             shown = ", ".join(repr(u) for u in unknown[:10])
             raise HTTPException(422, f"unknown item ids in history: {shown} ({len(unknown)} unknown)")
     else:
-        ids = await asyncio.to_thread(state.log.history, body.user_id, config.max_history)
-        if not ids:
+        found = await asyncio.to_thread(
+            user_history_rows,
+            state.bundle.histories,
+            state.log,
+            engine.row_of,
+            body.user_id,
+            config.max_history,
+        )
+        if found is None:
             raise HTTPException(404, f"no watch events stored for user {body.user_id!r}")
-        rows, _ = _rows(engine, ids)
+        rows = found
     if not rows:
         raise HTTPException(422, "history is empty: give at least one item id")
     used = np.asarray(rows[-engine.max_len :], dtype=np.int64)  # the model's window: most recent last
