@@ -356,7 +356,12 @@ def main() -> None:
         "--naive-content-max", type=int, default=100_000, help="largest catalogue for the content naive path"
     )
     ap.add_argument("--repeats", type=int, default=3, help="open-loop runs per size (median p99 shown)")
-    ap.add_argument("--ann", nargs="*", default=["hnsw"], help="FAISS indexes to compare with exact")
+    ap.add_argument(
+        "--ann",
+        nargs="*",
+        default=["hnsw"],
+        help="other indexes to compare with exact (exact-bf16, ivfpq, hnsw, ...)",
+    )
     ap.add_argument(
         "--ann-max",
         type=int,

@@ -420,6 +420,8 @@ def export_cmd(
     typer.echo(
         f"wrote {out}: {bundle.n_items} items x {bundle.dim} ({cfg.name} + {cfg.item_encoder}), "
         f"new items {'encodable' if bundle.can_encode_items else 'not encodable (id-only)'}, "
+        f"{bundle.meta.get('store_items', 0)} store-only and {int(bundle.cold.sum())} cold items in all, "
+        f"{bundle.histories.n_users if bundle.histories else 0} users' histories, "
         f"{len(bundle.thumbnails)} thumbnails"
     )
 
@@ -448,7 +450,9 @@ def serve_cmd(
     cors_origin: list[str] = typer.Option(
         [], "--cors-origin", help="Allow this browser origin (CORS off by default)."
     ),
-    index: str = typer.Option("exact", "--index", help="exact | flat | ivf | hnsw (the last three: FAISS)."),
+    index: str = typer.Option(
+        "exact", "--index", help="exact | exact-bf16 | flat | ivf | ivfpq | hnsw (the last four: FAISS)."
+    ),
     threads: int = typer.Option(1, "--threads", help="torch threads for the scoring worker."),
     max_body: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes"),
     max_history: int = typer.Option(1000, "--max-history"),

@@ -3,13 +3,23 @@
 Everything that needs the trainer, the dataset or the extraction stack to build a bundle lives here;
 `linkedout.serve` only reads bundles (``serve`` never imports ``train`` or ``extract``: data flows one
 way, run -> export -> bundle -> server).
+
+What is trained is deployed whole:
+
+- every item the content item encoder can encode from the feature store, not only the items of the
+  run's id map: store items the dataset does not have (or that the protocol filtered out) are encoded
+  from their LayerTokens alone - exactly what the model does for an item with no training events (no
+  ID to fuse) - and appended after the dataset's rows, flagged ``cold`` like every other item without
+  training events. Items the run excluded from ranking stay blocked.
+- the training log's users and what they watched (`linkedout.serve.histories`), so a known user is
+  served by id.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +28,59 @@ import torch
 
 from linkedout.models.sequential import SequentialRecommender
 from linkedout.serve.bundle import BUNDLE_FORMAT, Bundle, BundleError
+from linkedout.serve.histories import Histories
+
+
+@dataclass
+class StoreItems:
+    """Items encoded from the feature store alone (rows appended after the dataset's)."""
+
+    ids: list[str]
+    vectors: torch.Tensor  # float32 [M, D]
+    layer_weights: torch.Tensor | None  # float32 [M, L]
+    unencodable: list[str]  # store items whose tokens gave a non-finite vector: left out
+
+
+@torch.no_grad()
+def encode_store_items(
+    model: SequentialRecommender, store_path: str, skip: set[str], chunk: int = 4096
+) -> StoreItems:
+    """Every item of the feature store at ``store_path`` whose id is not in ``skip``, encoded by the
+    model's content path, in chunks (the store may hold far more items than fit in memory as tokens)."""
+    from linkedout.store import FeatureStore
+
+    encoder = model.item_encoder
+    if not encoder.encodes_content:
+        raise BundleError(f"{type(encoder).__name__} cannot encode items from the feature store")
+    store = FeatureStore.open(store_path)
+    if tuple(store.shape) != tuple(encoder.feature_shape or ()):
+        raise BundleError(
+            f"feature store {store_path} holds tokens of shape {store.shape}, the run's item encoder "
+            f"reads {encoder.feature_shape}: export with the store the run was trained on"
+        )
+    ids = [i for i in store.ids() if i not in skip]
+    kept: list[str] = []
+    vectors: list[torch.Tensor] = []
+    weights: list[torch.Tensor] = []
+    bad: list[str] = []
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        tokens = torch.from_numpy(store.read(part)).float()
+        v = encoder.content_vectors(tokens)
+        lw = encoder.content_layer_weights(tokens)
+        ok = torch.isfinite(v).all(dim=1)
+        kept += [i for i, good in zip(part, ok.tolist(), strict=True) if good]
+        bad += [i for i, good in zip(part, ok.tolist(), strict=True) if not good]
+        vectors.append(v[ok].float())
+        if lw is not None:
+            weights.append(lw[ok].float())
+    dim = int(model.item_encoder.dim)
+    return StoreItems(
+        ids=kept,
+        vectors=torch.cat(vectors) if vectors else torch.zeros(0, dim),
+        layer_weights=torch.cat(weights) if weights else None,
+        unencodable=bad,
+    )
 
 
 @torch.no_grad()
@@ -33,8 +96,14 @@ def bundle_from_model(
     blocked: np.ndarray | None = None,
     store_meta: dict[str, Any] | None = None,
     thumbnails: dict[int, bytes] | None = None,
+    cold: np.ndarray | None = None,
+    store_items: StoreItems | None = None,
+    histories: Histories | None = None,
 ) -> Bundle:
-    """A bundle from a `SequentialRecommender` in memory (the export path; also used by tests)."""
+    """A bundle from a `SequentialRecommender` in memory (the export path; also used by tests).
+
+    ``cold``: bool per model item, True for items without training events; ``store_items`` are appended
+    after the model's items (all cold); ``histories`` name rows of the model's items."""
     if not isinstance(model, SequentialRecommender):
         raise BundleError(
             f"{type(model).__name__} is not a sequential recommender (item + user encoder); "
@@ -52,6 +121,29 @@ def bundle_from_model(
     blocked_t = torch.zeros(n, dtype=torch.bool)
     if blocked is not None and len(blocked):
         blocked_t[torch.as_tensor(blocked, dtype=torch.long)] = True
+    cold_t = torch.zeros(n, dtype=torch.bool) if cold is None else torch.as_tensor(cold, dtype=torch.bool)
+    if cold_t.shape != (n,):
+        raise BundleError(f"cold mask of {tuple(cold_t.shape)} for {n} items")
+    titles = list(titles) if titles is not None else [None] * n
+    item_ids = [str(x) for x in item_ids]
+    if store_items is not None and store_items.ids:
+        m = len(store_items.ids)
+        if len(titles) == n:
+            titles += [None] * m
+        if len(titles) != n + m:
+            raise BundleError(f"{len(titles)} titles for {n} + {m} items")
+        clash = set(item_ids) & set(store_items.ids)
+        if clash:
+            raise BundleError(f"store items repeat dataset ids, e.g. {sorted(clash)[:5]}")
+        item_ids += store_items.ids
+        matrix = torch.cat([matrix, store_items.vectors.float()])
+        if lw is not None:
+            if store_items.layer_weights is None:
+                raise BundleError("store items have no layer weights, the dataset's items do")
+            lw = torch.cat([lw.float(), store_items.layer_weights.float()])
+        blocked_t = torch.cat([blocked_t, torch.zeros(m, dtype=torch.bool)])
+        cold_t = torch.cat([cold_t, torch.ones(m, dtype=torch.bool)])
+        n += m
     store_meta = store_meta or {}
     meta = {
         "format_version": BUNDLE_FORMAT,
@@ -69,17 +161,22 @@ def bundle_from_model(
         "layer_names": list(encoder.layer_names or store_meta.get("layer_names") or []),
         "token_kinds": list(encoder.token_kinds or store_meta.get("token_kinds") or []),
         "feature_shape": list(encoder.feature_shape or ()),
+        "cold_items": int(cold_t.sum()),
+        "store_items": len(store_items.ids) if store_items is not None else 0,
+        "known_users": histories.n_users if histories is not None else 0,
     }
     return Bundle(
         meta=meta,
-        item_ids=[str(x) for x in item_ids],
-        titles=list(titles) if titles is not None else [None] * n,
+        item_ids=item_ids,
+        titles=titles,
         item_matrix=matrix,
         layer_weights=lw.float().clone() if lw is not None else None,
         blocked=blocked_t,
         user_state={k: v.detach().clone() for k, v in model.user_encoder.state_dict().items()},
         item_state=item_state,
         thumbnails=dict(thumbnails or {}),
+        cold=cold_t,
+        histories=histories,
     )
 
 
@@ -97,27 +194,31 @@ def export_bundle(
 
     model, data_split, saved = load_run(Path(run_dir))
     item_ids = [str(x) for x in data_split.data.item_ids.tolist()]
-    titles: list[str | None] = [None] * len(item_ids)
-    try:
-        meta = DatasetSpec(**saved.dataset_spec).load().item_meta
-        for i, raw in enumerate(data_split.data.item_ids.tolist()):
-            row = meta.get(raw) or {}
-            titles[i] = row.get("title") or None
-    except (FileNotFoundError, ValueError, KeyError):
-        pass  # titles are a nicety for the demo page; a bundle without them still serves
     store_meta = None
+    store_items = None
     features = saved.model_config.get("features")
     if features and saved.model_config.get("item_encoder", "id") != "id":
         from linkedout.store import FeatureStore
 
         store_meta = FeatureStore.open(features).meta.to_json()
+        if isinstance(model, SequentialRecommender):
+            store_items = encode_store_items(model, features, set(item_ids))
+    all_ids = item_ids + (store_items.ids if store_items is not None else [])
+    titles: list[str | None] = [None] * len(all_ids)
+    try:
+        meta = {str(k): v for k, v in DatasetSpec(**saved.dataset_spec).load().item_meta.items()}
+        for i, raw in enumerate(all_ids):
+            row = meta.get(raw) or {}
+            titles[i] = row.get("title") or None
+    except (FileNotFoundError, ValueError, KeyError):
+        pass  # titles are a nicety for the demo page; a bundle without them still serves
     thumbs: dict[int, bytes] = {}
     if catalog is not None:
         from linkedout.extract import load_catalog
         from linkedout.video import VideoDecodeError, clip_thumbnail
 
         cat = load_catalog(catalog)
-        for row, item_id in enumerate(item_ids):
+        for row, item_id in enumerate(all_ids):
             if item_id in cat and cat[item_id].local_path is not None:
                 try:
                     thumbs[row] = clip_thumbnail(cat[item_id].local_path)
@@ -148,6 +249,21 @@ def export_bundle(
         blocked=data_split.excluded_items,
         store_meta=store_meta,
         thumbnails=thumbs,
+        cold=data_split.train_item_counts() == 0,
+        store_items=store_items,
+        histories=training_histories(data_split),
     )
+    if store_items is not None and store_items.unencodable:
+        bundle.meta["unencodable_store_items"] = store_items.unencodable[:100]
     bundle.save(out, overwrite=overwrite)
     return bundle
+
+
+def training_histories(data_split) -> Histories:
+    """Every user of the run's processed log (protocol filters and keep-last applied) with their whole
+    sequence: the test split's history followed by its test target, as bundle rows (the split's item
+    indices are the bundle's first rows)."""
+    data = data_split.data
+    starts, ends = data.offsets[:-1], data.offsets[1:]
+    sequences = [data.items[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    return Histories.from_sequences(data.user_ids.tolist(), sequences)

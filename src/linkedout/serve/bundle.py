@@ -8,13 +8,20 @@ never sees half a bundle)::
     items.json                item ids (strings, row order of the matrix), titles, thumbnail flags
     items.safetensors         item_matrix float32 [N, D] (the item encoder's output, precomputed),
                               layer_weights float32 [N, L] (per-item explanation; content encoders),
-                              blocked bool [N] (items the run excluded from ranking); the float
-                              tensors are memory-mapped when read (`map_safetensors`), so worker
-                              processes of one server share one copy in the OS page cache
+                              blocked bool [N] (items the run excluded from ranking),
+                              cold bool [N] (no training events: scored from content alone);
+                              the float tensors are memory-mapped when read (`map_safetensors`),
+                              so worker processes of one server share one copy in the page cache
     user_encoder.safetensors  user encoder weights (SASRec / GRU4Rec / mean)
     item_encoder.safetensors  content item encoder weights without the ID table: encodes new items
                               from their LayerTokens (cold start); absent for id-only models
+    histories.safetensors     the training log's users: offsets int64 [U + 1] + items int32 (rows)
+    users.json                raw user ids of those histories (serve/histories.py); absent in
+                              bundles exported before them (users are then known by events only)
     thumbs/<row>.jpg          one frame per clip when the export was given a catalogue
+
+The optional parts (``cold``, histories) were added without a format change: a reader of format 1
+that predates them ignores them, and this reader treats their absence as "none cold, no histories".
 
 Bundles are written by `linkedout.export` (offline, from a trained run); this module is the format
 and its reader, and imports models only, never linkedout.train or linkedout.extract ("nothing flows
@@ -39,6 +46,7 @@ from torch import nn
 from linkedout.backbones.extractor import ExtractorSpec
 from linkedout.models import ItemEncoder, ModelConfig, build_content_encoder
 from linkedout.models.user_encoders import build_user_encoder
+from linkedout.serve.histories import Histories, HistoryError
 
 BUNDLE_FORMAT = 1
 BUNDLE_JSON = "bundle.json"
@@ -60,6 +68,8 @@ class Bundle:
     item_state: dict[str, torch.Tensor] | None
     thumbnails: dict[int, bytes] = field(default_factory=dict)  # row -> JPEG
     path: Path | None = None
+    cold: torch.Tensor | None = None  # bool [N]: no training events (None -> all False)
+    histories: Histories | None = None  # the training log's users, when the export carried them
     model_config: ModelConfig = field(init=False)
 
     @property
@@ -99,6 +109,18 @@ class Bundle:
             raise BundleError(
                 f"bundle{f' at {self.path}' if self.path else ''}: bad model config: {e}"
             ) from None
+        if self.cold is None:
+            self.cold = torch.zeros(self.n_items, dtype=torch.bool)
+        where = f" at {self.path}" if self.path else ""
+        if self.cold.shape != (self.n_items,) or self.blocked.shape != (self.n_items,):
+            raise BundleError(f"bundle{where}: cold/blocked masks do not have one entry per item")
+        if len(self.item_ids) != self.n_items or len(self.titles) != self.n_items:
+            raise BundleError(f"bundle{where}: {len(self.item_ids)} ids for {self.n_items} item rows")
+        if self.histories is not None:
+            try:
+                self.histories.check_rows(self.n_items)
+            except HistoryError as e:
+                raise BundleError(f"bundle{where}: {e}") from None
 
     @property
     def extractor_spec(self) -> ExtractorSpec | None:
@@ -135,7 +157,11 @@ class Bundle:
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        tensors = {"item_matrix": self.item_matrix.float().contiguous(), "blocked": self.blocked.contiguous()}
+        tensors = {
+            "item_matrix": self.item_matrix.float().contiguous(),
+            "blocked": self.blocked.contiguous(),
+            "cold": self.cold.contiguous(),
+        }
         if self.layer_weights is not None:
             tensors["layer_weights"] = self.layer_weights.float().contiguous()
         save_file(tensors, str(tmp / "items.safetensors"))
@@ -146,6 +172,8 @@ class Bundle:
             save_file(
                 {k: v.contiguous() for k, v in self.item_state.items()}, str(tmp / "item_encoder.safetensors")
             )
+        if self.histories is not None:
+            self.histories.save(tmp)
         if self.thumbnails:
             (tmp / "thumbs").mkdir()
             for row, jpeg in self.thumbnails.items():
@@ -210,6 +238,7 @@ def _check_shapes(p: Path, items: dict[str, Any], tensors: dict[str, torch.Tenso
         "titles": len(titles),
         "blocked": int(tensors["blocked"].shape[0]),
         "layer_weights": n if lw is None else int(lw.shape[0]),
+        "cold": n if "cold" not in tensors else int(tensors["cold"].shape[0]),
     }
     wrong = {k: v for k, v in sizes.items() if v != n}
     if wrong:
@@ -243,6 +272,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         item_path = p / "item_encoder.safetensors"
         reading = item_path.name
         item_state = load_file(str(item_path)) if item_path.exists() else None
+        reading = "histories"
+        histories = Histories.load(p)
     except BundleError:
         raise
     except Exception as e:  # OSError, JSONDecodeError, struct.error, safetensors' own SafetensorError
@@ -262,4 +293,6 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         item_state=item_state,
         thumbnails=thumbs,
         path=p,
+        cold=tensors["cold"].bool() if "cold" in tensors else None,
+        histories=histories,
     )

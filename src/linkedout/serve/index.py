@@ -1,8 +1,15 @@
 """Retrieval: top-k items by inner product with a user vector, over a catalogue that grows online.
 
-- `ExactIndex` (default): one matrix product ``[B, D] @ [D, N]`` and ``torch.topk`` per batch. Exact, and
-  at 100k x 64 it is a 25 MB read per batch, i.e. well under a millisecond per query on one core.
-- `FaissIndex`: FAISS ``flat`` (exact, for parity), ``ivf`` (IVF-Flat, ``nprobe`` lists) and ``hnsw``
+- `ExactIndex` (default): one matrix product ``[B, D] @ [D, N]`` per batch, then an exact top-k in two
+  stages (`chunked_topk`: the maxima of 64-item chunks give a threshold that the true k-th score cannot
+  be below, and only the chunks that reach it are sorted) - ``torch.topk`` over a [B, 1M] score matrix
+  cost more than the product itself. ``precision="bf16"`` (``--index exact-bf16``) scores in bfloat16
+  (3x faster than float32 on AVX512-BF16 CPUs, half the bytes read) and re-ranks in float32: a
+  bound on the bfloat16 rounding error (`BF16_ERROR`) widens the candidate threshold so that the true
+  top-k is provably among the candidates, whose float32 scores are what is returned. Same rows and
+  scores as float32 scoring (tests/test_serve_engine.py), at 6 bytes per dimension per item instead of 4.
+- `FaissIndex`: FAISS ``flat`` (exact, for parity), ``ivf`` (IVF-Flat, ``nprobe`` lists), ``ivfpq``
+  (IVF with product-quantised codes, ``pq_m`` bytes per vector, re-ranked in float32) and ``hnsw``
   (HNSW-Flat) with inner-product metric, for catalogues where a full product per query is too slow.
 
 Both take per-query exclusions (the user's history) and a global ``blocked`` mask (items the run
@@ -22,7 +29,67 @@ import numpy as np
 import torch
 
 NEG_INF = float("-inf")
-INDEX_KINDS = ("exact", "flat", "ivf", "hnsw")
+INDEX_KINDS = ("exact", "exact-bf16", "flat", "ivf", "ivfpq", "hnsw")
+CHUNK = 64  # items per chunk of the two-stage top-k: 1M items -> 15,625 chunk maxima per query
+# Unit roundoff of bfloat16 (8 significant bits, round to nearest).
+BF16_UNIT = 2.0**-8
+
+
+def bf16_error_bound(dim: int) -> float:
+    """``c`` such that ``|bf16_score - score| <= c * |u| * |m|`` for one inner product of length ``dim``.
+
+    Rounding u and m to bfloat16 changes each product u_i m_i by at most (2r + r^2)|u_i m_i|; the
+    product is accumulated in float32 (AVX512-BF16 ``vdpbf16ps``, and oneDNN's reference path, both
+    accumulate in fp32: at most ~dim * 2^-24 relative), and the sum is rounded to bfloat16 once more
+    (r). Sum_i |u_i m_i| <= |u| |m| (Cauchy-Schwarz). ``ExactIndex`` checks this bound against the
+    machine's actual bfloat16 product when it is built, and refuses to run bf16 if it does not hold."""
+    r = BF16_UNIT
+    accumulate = dim * 2.0**-24
+    return (2 * r + r * r) + (1 + r) ** 2 * (accumulate + r * (1 + accumulate)) + 1e-6
+
+
+def chunked_topk(scores: torch.Tensor, k: int, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(scores, k, dim=1)`` (same values; rows of equal scores may come in another order),
+    in two stages. The k largest chunk maxima are k distinct scores, so the k-th largest score is at
+    least the k-th largest chunk maximum ``t``: every top-k score lies in a chunk whose maximum is
+    ``>= t`` (or in the tail that does not fill a chunk). Those few chunks are gathered and sorted.
+    Falls back to one ``torch.topk`` when the threshold selects too much (ties, -inf, tiny N)."""
+    b, n = scores.shape
+    k = min(k, n)
+    n_chunks = n // chunk
+    if n_chunks < 8 * k:
+        return _topk(scores, k)
+    maxima = scores[:, : n_chunks * chunk].reshape(b, n_chunks, chunk).amax(-1)
+    threshold = torch.topk(maxima, k, dim=1).values[:, -1:]
+    cols = _candidate_columns(maxima, maxima >= threshold, n, chunk)
+    if cols is None:
+        return _topk(scores, k)
+    top = torch.topk(scores.gather(1, cols), k, dim=1)
+    return top.values, cols.gather(1, top.indices)
+
+
+def _topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    top = torch.topk(scores, k, dim=1)
+    return top.values, top.indices
+
+
+def _candidate_columns(
+    maxima: torch.Tensor, selected: torch.Tensor, n: int, chunk: int
+) -> torch.Tensor | None:
+    """Columns ``[B, C]`` of every chunk ``selected`` marks in its row (plus the tail past the last whole
+    chunk), or None when that is more than an eighth of the catalogue (a plain sort is then cheaper).
+    Rows select different numbers of chunks; each takes its ``m`` largest maxima, m the largest count,
+    which contains every chunk it selected (they are the ones with the largest maxima)."""
+    b, n_chunks = maxima.shape
+    m = int(selected.sum(1).max())
+    if m * chunk * 8 > n:
+        return None
+    which = torch.topk(maxima, m, dim=1).indices  # [B, m]
+    cols = (which[..., None] * chunk + torch.arange(chunk)).reshape(b, m * chunk)
+    if n > n_chunks * chunk:
+        tail = torch.arange(n_chunks * chunk, n).expand(b, -1)
+        cols = torch.cat([cols, tail], dim=1)
+    return cols
 
 
 @dataclass(frozen=True)
@@ -32,6 +99,8 @@ class _View:
     blocked: torch.Tensor  # bool [N0 + capacity]
     m: int  # published rows of `added`
     any_blocked: bool  # lets a search skip the mask pass over the catalogue when nothing is blocked
+    low: torch.Tensor | None = None  # bfloat16 copy of ``base`` for scoring (precision="bf16")
+    max_norm: float = 0.0  # largest row norm of ``base``: the bf16 error bound needs it
 
     @property
     def n(self) -> int:
@@ -39,14 +108,21 @@ class _View:
 
 
 class ExactIndex:
-    """Two segments: the bundle's matrix as given (not copied: memory-mapped, its pages are shared by
+    """Exact inner-product top-k (see the module docstring); ``precision`` = ``fp32`` | ``bf16``.
+
+    Two segments: the bundle's matrix as given (not copied: memory-mapped, its pages are shared by
     every worker process through the page cache) and a small growing buffer of items added online.
     A search takes the top k of each segment and merges the 2k candidates, so the base segment is
-    never concatenated with (copied next to) the added one."""
+    never concatenated with (copied next to) the added one. With bf16 only the base segment is scored
+    in bfloat16 (and re-ranked in float32); the few online rows are scored in float32 directly."""
 
-    kind = "exact"
-
-    def __init__(self, matrix: torch.Tensor, blocked: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, matrix: torch.Tensor, blocked: torch.Tensor | None = None, precision: str = "fp32"
+    ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {precision!r} (fp32, bf16)")
+        self.precision = precision
+        self.kind = "exact" if precision == "fp32" else f"exact-{precision}"
         n, d = matrix.shape
         base = matrix.float().contiguous()  # a no-op for the float32 matrix of a bundle: no copy
         cap = 16
@@ -54,7 +130,15 @@ class ExactIndex:
         if blocked is not None:
             blk[:n] = blocked
         added = torch.zeros(cap, d, dtype=torch.float32)
-        self._view = _View(base, added, blk, 0, bool(blk.any()))
+        low = None
+        self._error = 0.0
+        self.full_rescores = 0  # bf16 searches whose bound admitted too much: scored in float32 instead
+        if precision == "bf16":
+            low = base.to(torch.bfloat16)  # per process (half the float32 bytes): not shared by workers
+            self._error = bf16_error_bound(d)
+            check_bf16_error_model(d, self._error)
+        norm = float(base.norm(dim=1).max()) if n else 0.0
+        self._view = _View(base, added, blk, 0, bool(blk.any()), low, norm)
         self._write = threading.Lock()  # one writer at a time; readers never take it
 
     @property
@@ -92,9 +176,8 @@ class ExactIndex:
                 blk[: n0 + v.m] = v.blocked[: n0 + v.m]
             added[v.m : v.m + m] = vectors.float()
             blk[n0 + v.m : n0 + v.m + m] = blocked
-            self._view = _View(
-                v.base, added, blk, v.m + m, v.any_blocked or blocked
-            )  # publish: one assignment
+            # publish: one assignment
+            self._view = _View(v.base, added, blk, v.m + m, v.any_blocked or blocked, v.low, v.max_norm)
             return n0 + v.m
 
     def search(
@@ -104,32 +187,99 @@ class ExactIndex:
         excluded and blocked rows come back only as ``-inf`` scores when fewer than k remain."""
         v = self._view
         n0 = int(v.base.shape[0])
-        segments = [users @ v.base.T]
-        if v.m:
-            segments.append(users @ v.added[: v.m].T)
-        if v.any_blocked:
-            segments[0].masked_fill_(v.blocked[:n0][None, :], NEG_INF)
-            if v.m:
-                segments[1].masked_fill_(v.blocked[n0 : n0 + v.m][None, :], NEG_INF)
-        if exclude is not None and any(len(rows) for rows in exclude):
-            # one scatter for the whole batch instead of one indexing call per request
-            batch_rows = np.repeat(np.arange(len(exclude)), [len(rows) for rows in exclude])
-            item_rows = np.concatenate(exclude).astype(np.int64, copy=False)
-            in_base = item_rows < n0
-            segments[0][torch.from_numpy(batch_rows[in_base]), torch.from_numpy(item_rows[in_base])] = NEG_INF
-            if v.m and not in_base.all():
-                online = ~in_base
-                segments[1][
-                    torch.from_numpy(batch_rows[online]), torch.from_numpy(item_rows[online] - n0)
-                ] = NEG_INF
-        top = torch.topk(segments[0], min(k, n0), dim=1)
+        base_exclude, added_exclude = _split_exclusions(exclude, n0)
+        if v.low is None:
+            scores = users @ v.base.T
+            self._mask(scores, v.blocked[:n0] if v.any_blocked else None, base_exclude)
+            values, rows = chunked_topk(scores, k)
+        else:
+            low = users.to(v.low.dtype) @ v.low.T
+            self._mask(low, v.blocked[:n0] if v.any_blocked else None, base_exclude)
+            values, rows = self._rerank(users, low, k, v, base_exclude)
         if not v.m:
-            return top.values, top.indices
-        extra = torch.topk(segments[1], min(k, v.m), dim=1)
-        values = torch.cat([top.values, extra.values], dim=1)  # 2k candidates, not N: cheap to merge
-        rows = torch.cat([top.indices, extra.indices + n0], dim=1)
+            return values, rows
+        online = users @ v.added[: v.m].T  # few rows: float32 whatever the precision
+        self._mask(online, v.blocked[n0 : n0 + v.m] if v.any_blocked else None, added_exclude)
+        extra = torch.topk(online, min(k, v.m), dim=1)
+        values = torch.cat([values, extra.values], dim=1)  # 2k candidates, not N: cheap to merge
+        rows = torch.cat([rows, extra.indices + n0], dim=1)
         best = torch.topk(values, min(k, v.n), dim=1)
         return best.values, rows.gather(1, best.indices)
+
+    @staticmethod
+    def _mask(
+        scores: torch.Tensor, blocked: torch.Tensor | None, exclude: tuple[np.ndarray, np.ndarray] | None
+    ) -> None:
+        """-inf on ``blocked`` columns and on the (batch row, column) pairs of ``exclude``."""
+        if blocked is not None:
+            scores.masked_fill_(blocked[None, :], NEG_INF)
+        if exclude is not None:
+            # one scatter for the whole batch instead of one indexing call per request
+            batch_rows, item_rows = exclude
+            scores[torch.from_numpy(batch_rows), torch.from_numpy(item_rows)] = NEG_INF
+
+    def _rerank(
+        self,
+        users: torch.Tensor,
+        low: torch.Tensor,
+        k: int,
+        v: _View,
+        exclude: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact float32 top-k of the base segment from its bfloat16 scores ``low`` (masked at -inf).
+
+        With ``eps`` the per-user bound on |bf16 - fp32| and ``t`` the k-th largest bf16 chunk maximum:
+        the k items behind the k largest maxima have fp32 scores >= t - eps, so the k-th best fp32
+        score is >= t - eps, and an item of the true top-k has a bf16 score >= t - 2 eps. Every chunk
+        whose bf16 maximum reaches t - 2 eps is re-scored in float32; the top-k of those is the top-k."""
+        b, n = low.shape
+        k = min(k, n)
+        n_chunks = n // CHUNK
+        cols = None
+        if n_chunks >= 8 * k:
+            maxima = low[:, : n_chunks * CHUNK].reshape(b, n_chunks, CHUNK).amax(-1).float()
+            threshold = torch.topk(maxima, k, dim=1).values[:, -1:]
+            eps = (self._error * v.max_norm) * users.float().norm(dim=1, keepdim=True)
+            cols = _candidate_columns(maxima, maxima >= threshold - 2 * eps, n, CHUNK)
+        if cols is None:  # small catalogue, or the bound admits too much: score everything in fp32
+            self.full_rescores += 1
+            scores = users @ v.base.T
+            self._mask(scores, v.blocked[:n] if v.any_blocked else None, exclude)
+            return chunked_topk(scores, k)
+        exact = torch.einsum("bd,bcd->bc", users.float(), v.base[cols])
+        exact.masked_fill_(low.gather(1, cols) == NEG_INF, NEG_INF)  # blocked / excluded stay out
+        top = torch.topk(exact, k, dim=1)
+        return top.values, cols.gather(1, top.indices)
+
+
+def _split_exclusions(
+    exclude: list[np.ndarray] | None, n0: int
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, tuple[np.ndarray, np.ndarray] | None]:
+    """Per-request excluded rows as (batch rows, columns) pairs for the base segment and for the
+    online segment (its columns counted from its first row)."""
+    if exclude is None or not any(len(rows) for rows in exclude):
+        return None, None
+    batch_rows = np.repeat(np.arange(len(exclude)), [len(rows) for rows in exclude])
+    item_rows = np.concatenate(exclude).astype(np.int64, copy=False)
+    in_base = item_rows < n0
+    base = (batch_rows[in_base], item_rows[in_base]) if in_base.any() else None
+    online = ~in_base
+    added = (batch_rows[online], item_rows[online] - n0) if online.any() else None
+    return base, added
+
+
+def check_bf16_error_model(dim: int, bound: float, n: int = 4096, seed: int = 0) -> None:
+    """The re-rank's exactness rests on `bf16_error_bound`; check it against this machine's bfloat16
+    matrix product (some BLAS could accumulate in bfloat16) on random data before serving with it."""
+    g = torch.Generator().manual_seed(seed)
+    m, u = torch.randn(n, dim, generator=g), torch.randn(8, dim, generator=g)
+    err = ((u.bfloat16() @ m.bfloat16().T).float() - u.double().matmul(m.double().T).float()).abs()
+    worst = float((err / (u.norm(dim=1)[:, None] * m.norm(dim=1)[None, :])).max())
+    if worst > bound:
+        raise RuntimeError(
+            f"this machine's bfloat16 matrix product errs by {worst:.2e} x |u||m|, over the bound "
+            f"{bound:.2e} the exact re-rank assumes: use --index exact (float32)"
+        )
 
 
 class FaissIndex:
@@ -145,6 +295,8 @@ class FaissIndex:
         nprobe: int = 16,
         hnsw_m: int = 32,
         ef_search: int = 128,
+        pq_m: int = 16,
+        rerank: int = 10,
         seed: int = 0,
     ) -> None:
         try:
@@ -162,19 +314,29 @@ class FaissIndex:
             base = faiss.IndexHNSWFlat(d, hnsw_m, ip)
             base.hnsw.efSearch = ef_search
             base.hnsw.efConstruction = max(40, ef_search)
-        elif kind == "ivf":
+        elif kind in ("ivf", "ivfpq"):
             # ~sqrt(N) lists, and at least 39 training points per list (FAISS warns below that)
             nlist = nlist or max(1, min(int(np.sqrt(max(n, 1))), n // 39))
             quantizer = faiss.IndexFlatIP(d)
-            base = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
+            if kind == "ivf":
+                base = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
+            else:
+                if d % pq_m:
+                    raise ValueError(f"ivfpq: pq_m={pq_m} must divide the item dimension {d}")
+                # 8-bit codes: 256 centroids per sub-quantiser, so at least 256 x 39 training points
+                base = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, ip)
             rng = np.random.default_rng(seed)
-            sample = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)] if n > 64 * nlist else x
+            want = max(64 * nlist, 256 * 39 if kind == "ivfpq" else 0)
+            sample = x[rng.choice(n, size=want, replace=False)] if n > want else x
             base.train(sample)
             base.nprobe = min(nprobe, nlist)
             self._quantizer = quantizer  # keep it alive: FAISS does not own it from Python
         else:
-            raise ValueError(f"unknown FAISS index {kind!r} (flat, ivf, hnsw)")
-        self.index = faiss.IndexIDMap2(base) if kind != "ivf" else base
+            raise ValueError(f"unknown FAISS index {kind!r} (flat, ivf, ivfpq, hnsw)")
+        # PQ scores are approximate: fetch rerank*k candidates and score those in float32 (the rows are
+        # kept for history lookups anyway), so the returned scores are exact and recall recovers
+        self.rerank = rerank if kind == "ivfpq" else 1
+        self.index = faiss.IndexIDMap2(base) if kind not in ("ivf", "ivfpq") else base
         self._base = base
         self._n = 0
         self._vectors = ExactIndex(torch.zeros(0, d))  # row lookup for history vectors / explanations
@@ -215,9 +377,11 @@ class FaissIndex:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         q = np.ascontiguousarray(users.float().numpy())
         longest = max((len(e) for e in exclude), default=0) if exclude else 0
-        want = min(k + longest, self._n)
+        want = min(self.rerank * k + longest, self._n)
         with self._lock:
             scores, ids = self.index.search(q, want)
+        if self.rerank > 1:
+            scores, ids = self._exact_order(users, scores, ids)
         out_s = np.full((len(q), min(k, self._n)), NEG_INF, dtype=np.float32)
         out_i = np.zeros((len(q), min(k, self._n)), dtype=np.int64)
         for b in range(len(q)):
@@ -230,12 +394,27 @@ class FaissIndex:
             out_s[b, :m], out_i[b, :m] = s[:m], i[:m]
         return torch.from_numpy(out_s), torch.from_numpy(out_i)
 
+    def _exact_order(
+        self, users: torch.Tensor, scores: np.ndarray, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's candidates re-scored in float32 from the kept rows, best first (-1 = no candidate)."""
+        valid = ids >= 0
+        rows = torch.from_numpy(np.where(valid, ids, 0))
+        exact = torch.einsum("bd,bcd->bc", users.float(), self._vectors.vectors(rows))
+        exact.masked_fill_(torch.from_numpy(~valid), NEG_INF)
+        order = torch.argsort(exact, dim=1, descending=True, stable=True)
+        out_s = exact.gather(1, order).numpy()
+        out_i = np.take_along_axis(ids, order.numpy(), axis=1)
+        return out_s, out_i
+
 
 def make_index(
     matrix: torch.Tensor, blocked: torch.Tensor | None = None, kind: str = "exact", **kw
 ) -> ExactIndex | FaissIndex:
     if kind == "exact":
         return ExactIndex(matrix, blocked)
-    if kind in ("flat", "ivf", "hnsw"):
+    if kind == "exact-bf16":
+        return ExactIndex(matrix, blocked, precision="bf16")
+    if kind in ("flat", "ivf", "ivfpq", "hnsw"):
         return FaissIndex(matrix, blocked, kind, **kw)
     raise ValueError(f"unknown index {kind!r}; choose one of {', '.join(INDEX_KINDS)}")

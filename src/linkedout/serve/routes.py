@@ -34,6 +34,7 @@ from pydantic import StringConstraints
 from linkedout.events import Event, EventConflict, EventStoreUnavailable, ItemExists
 from linkedout.serve.bundle import BundleError
 from linkedout.serve.engine import Engine, RecRequest
+from linkedout.serve.histories import user_history_rows
 from linkedout.serve.schemas import (
     Contribution,
     EventsRequest,
@@ -91,6 +92,8 @@ def item_info(state: State, row: int, serving: Serving | None = None) -> ItemInf
         added_online=row in engine.added_source,
         source=source,
         blocked=bool(row < serving.bundle.n_items and serving.bundle.blocked[row]),
+        # an item added online has no training events either
+        cold=bool(row >= serving.bundle.n_items or serving.bundle.cold[row]),
         layer_names=serving.bundle.layer_names,
         layer_weights=engine.layer_weights(row),
         thumbnail=_thumb_url(engine, row),
@@ -118,12 +121,19 @@ async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -
             raise HTTPException(422, f"unknown item ids in history: {shown} ({len(unknown)} unknown)")
     else:
         try:
-            ids = await asyncio.to_thread(state.log.history, body.user_id, config.max_history)
+            found = await asyncio.to_thread(
+                user_history_rows,
+                serving.bundle.histories,
+                state.log,
+                engine.row_of,
+                body.user_id,
+                config.max_history,
+            )
         except EventStoreUnavailable as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
-        if not ids:
+        if found is None:
             raise HTTPException(404, f"no watch events stored for user {body.user_id!r}")
-        rows, _ = _rows(engine, ids)
+        rows = found
     if not rows:
         raise HTTPException(422, "history is empty: give at least one item id")
     used = np.asarray(rows[-engine.max_len :], dtype=np.int64)  # the model's window: most recent last

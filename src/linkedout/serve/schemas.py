@@ -83,6 +83,9 @@ class ItemInfo(BaseModel):
     added_online: bool
     source: str
     blocked: bool
+    cold: bool = Field(
+        False, description="No training events: scored from content alone (store-only or added online)."
+    )
     layer_names: list[str]
     layer_weights: list[float] | None
     thumbnail: str | None

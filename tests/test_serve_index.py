@@ -1,0 +1,149 @@
+"""Fast retrieval paths against their references: the two-stage top-k against ``torch.topk``, the
+bfloat16 index with float32 re-rank against float32 scoring (same rows, same scores), and IVF-PQ with
+re-rank against exact (recall, exact scores)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from linkedout.serve.index import (
+    ExactIndex,
+    bf16_error_bound,
+    check_bf16_error_model,
+    chunked_topk,
+    make_index,
+)
+
+
+def fp32_reference(matrix, users, k, blocked=None, exclude=None):
+    """The plain path: every score in float32, masked, one full sort per user."""
+    scores = users @ matrix.T
+    if blocked is not None:
+        scores[:, blocked] = float("-inf")
+    for b, rows in enumerate(exclude or []):
+        scores[b, torch.as_tensor(rows, dtype=torch.long)] = float("-inf")
+    return torch.sort(scores, dim=1, descending=True).values[:, : min(k, matrix.shape[0])], scores
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 30_000),
+    k=st.integers(1, 30),
+    batch=st.integers(1, 5),
+    ties=st.booleans(),
+    masked=st.floats(0, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_chunked_topk_equals_torch_topk(n, k, batch, ties, masked, seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(batch, n, generator=g)
+    if ties:  # few distinct values: the threshold selects many chunks (and the fallback runs)
+        scores = scores.round()
+    scores[torch.rand(batch, n, generator=g) < masked] = float("-inf")
+    values, cols = chunked_topk(scores, k)
+    want = torch.topk(scores, min(k, n), dim=1).values
+    torch.testing.assert_close(values, want)
+    torch.testing.assert_close(scores.gather(1, cols), values)  # each returned row has that score
+    assert all(len(set(row)) == len(row) for row in cols.tolist())  # no row twice
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 40_000),
+    dim=st.sampled_from([8, 32, 64]),
+    k=st.integers(1, 20),
+    batch=st.integers(1, 6),
+    scale=st.sampled_from([1e-3, 1.0, 50.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_bf16_index_returns_the_float32_top_k_with_float32_scores(n, dim, k, batch, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(n, dim, generator=g) * scale
+    users = torch.randn(batch, dim, generator=g)
+    blocked = torch.rand(n, generator=g) < 0.05
+    exclude = [np.unique(np.random.default_rng(seed + b).integers(0, n, size=5)) for b in range(batch)]
+    want, scores = fp32_reference(matrix, users, k, blocked, exclude)
+    got_s, got_r = ExactIndex(matrix, blocked, precision="bf16").search(users, k, exclude)
+    torch.testing.assert_close(got_s, want, rtol=1e-5, atol=1e-5 * scale)
+    finite = torch.isfinite(got_s)
+    torch.testing.assert_close(scores.gather(1, got_r)[finite], got_s[finite], rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_bf16_rerank_fixes_orders_that_bf16_scores_get_wrong():
+    """A cluster of near-duplicates whose scores differ by less than bfloat16 resolves, among random
+    items: plain bf16 scoring mis-orders the cluster, the re-rank (not the float32 fallback) returns
+    exactly the float32 order. Fails without the re-rank."""
+    g = torch.Generator().manual_seed(0)
+    n, dim = 200_000, 64
+    matrix = torch.randn(n, dim, generator=g)
+    base = torch.randn(dim, generator=g)
+    cluster = torch.randperm(n, generator=g)[:100]
+    matrix[cluster] = base + 1e-3 * torch.randn(100, dim, generator=g)
+    users = base[None] + 0.1 * torch.randn(4, dim, generator=g)
+    want_s, _ = fp32_reference(matrix, users, 10)
+    want_r = torch.topk(users @ matrix.T, 10, dim=1).indices
+    plain_bf16 = torch.topk((users.bfloat16() @ matrix.bfloat16().T).float(), 10, dim=1).indices
+    assert (plain_bf16 != want_r).any(), "the data should defeat plain bf16 scoring"
+    index = ExactIndex(matrix, precision="bf16")
+    got_s, got_r = index.search(users, 10)
+    assert index.full_rescores == 0  # the candidates path ran
+    assert (got_r == want_r).all()
+    torch.testing.assert_close(got_s, want_s)
+
+
+def test_bf16_index_after_online_additions_and_growth():
+    g = torch.Generator().manual_seed(1)
+    matrix = torch.randn(20_000, 16, generator=g)
+    index, reference = ExactIndex(matrix, precision="bf16"), ExactIndex(matrix)
+    for i in range(5):  # past the headroom: the bf16 copy is reallocated with the float32 one
+        new = torch.randn(1500, 16, generator=g) * (3.0 if i == 4 else 1.0)  # the last ones raise max_norm
+        assert index.add(new) == reference.add(new)
+    users = torch.randn(8, 16, generator=g)
+    s, r = index.search(users, 10)
+    ref_s, ref_r = reference.search(users, 10)
+    assert (r == ref_r).all()
+    torch.testing.assert_close(s, ref_s)
+    torch.testing.assert_close(
+        index.vectors(torch.tensor([0, 25_000])), reference.vectors(torch.tensor([0, 25_000]))
+    )
+
+
+def test_bf16_error_bound_holds_on_this_machine_and_refuses_a_wrong_one():
+    for dim in (8, 64, 384):
+        check_bf16_error_model(dim, bf16_error_bound(dim))
+    with pytest.raises(RuntimeError, match="use --index exact"):
+        check_bf16_error_model(64, 1e-6)  # bfloat16 cannot be this accurate
+
+
+def test_unknown_precision_and_index_kind_are_refused():
+    with pytest.raises(ValueError, match="precision"):
+        ExactIndex(torch.zeros(3, 4), precision="int4")
+    with pytest.raises(ValueError, match="exact-bf16"):
+        make_index(torch.zeros(3, 4), kind="exact-int3")
+
+
+def test_ivfpq_with_rerank_finds_most_of_the_exact_top_10_with_exact_scores():
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(0)
+    matrix = torch.randn(20_000, 32, generator=g)
+    users = torch.randn(64, 32, generator=g)
+    blocked = torch.zeros(20_000, dtype=torch.bool)
+    blocked[:50] = True
+    exclude = [np.arange(50, 60)] * 64
+    _, exact_r = ExactIndex(matrix, blocked).search(users, 10, exclude)
+    pq = make_index(
+        matrix, blocked, "ivfpq", nprobe=80, pq_m=8, rerank=10
+    )  # random data: IVF needs many lists
+    s, r = pq.search(users, 10, exclude)
+    assert not np.isin(r.numpy(), np.arange(60)).any()
+    scores = users @ matrix.T
+    torch.testing.assert_close(scores.gather(1, r), s)  # re-ranked: the returned scores are exact
+    assert (s[:, :-1] >= s[:, 1:]).all()
+    recall = np.mean([len(set(r[b].tolist()) & set(exact_r[b].tolist())) / 10 for b in range(64)])
+    assert recall >= 0.9, recall
+    with pytest.raises(ValueError, match="divide"):
+        make_index(matrix, kind="ivfpq", pq_m=7)
