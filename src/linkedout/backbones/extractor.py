@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linkedout.backbones.base import Backbone, ItemInput, ItemTokens, fingerprint
-from linkedout.video import DecodedClip, FrameSampler
+from linkedout.video import AudioSampler, DecodedAudio, DecodedClip, FrameSampler
 
 ITEM_TEXT_RECIPE = "catalog title + '\\n' + text (missing parts left out)"
 
@@ -33,6 +33,11 @@ def needs_frames(backbone: Backbone) -> bool:
     return bool(getattr(backbone, "needs_frames", backbone.name != "text"))
 
 
+def needs_audio(backbone: Backbone) -> bool:
+    # Audio backbones read ItemInput.audio: the pipeline decodes the audio track, not frames.
+    return bool(getattr(backbone, "needs_audio", False))
+
+
 def uses_text(backbone: Backbone) -> bool:
     # The frames backbone ignores ItemInput.text; recording a recipe it never reads would make two
     # stores of identical tokens look different.
@@ -46,7 +51,8 @@ class ExtractorSpec:
 
     backbone: str
     options: dict[str, Any] = field(default_factory=dict)
-    sampler: dict[str, Any] | None = None  # FrameSampler(num_frames, size, mode); None: no video
+    # FrameSampler(num_frames, size, mode), or {"kind": "audio", rate, max_seconds}; None: no video
+    sampler: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "options": dict(self.options), "sampler": self.sampler}
@@ -59,9 +65,15 @@ class ExtractorSpec:
 @dataclass
 class Extractor:
     backbone: Backbone
-    sampler: FrameSampler | None = None
+    sampler: FrameSampler | AudioSampler | None = None
 
     def __post_init__(self) -> None:
+        if needs_audio(self.backbone):
+            if not isinstance(self.sampler, AudioSampler):
+                raise ValueError(f"the {self.backbone.name} backbone reads audio: give an AudioSampler")
+            return
+        if isinstance(self.sampler, AudioSampler):
+            raise ValueError(f"the {self.backbone.name} backbone does not read audio: give a FrameSampler")
         if not needs_frames(self.backbone):
             self.sampler = None  # a text backbone never decodes: no sampler in its fingerprint either
         elif self.sampler is None:
@@ -91,7 +103,9 @@ class Extractor:
         if built is None:
             return None
         sampler = None
-        if self.sampler is not None:
+        if isinstance(self.sampler, AudioSampler):
+            sampler = self.sampler.to_json()
+        elif self.sampler is not None:
             s = self.sampler
             sampler = {"num_frames": s.num_frames, "size": s.size, "mode": s.mode}
         return ExtractorSpec(built["name"], dict(built["options"]), sampler)
@@ -102,22 +116,34 @@ class Extractor:
         from linkedout.backbones import get_backbone
 
         backbone = get_backbone(spec.backbone, **spec.options, **runtime)
-        sampler = FrameSampler(**spec.sampler) if spec.sampler is not None else None
+        sampler: FrameSampler | AudioSampler | None = None
+        if spec.sampler is not None and spec.sampler.get("kind") == "audio":
+            sampler = AudioSampler(spec.sampler["rate"], spec.sampler.get("max_seconds"))
+        elif spec.sampler is not None:
+            sampler = FrameSampler(**spec.sampler)
         return cls(backbone, sampler)
 
     def item_input(
         self,
         item_id: str,
-        clip: DecodedClip | None,
+        clip: DecodedClip | DecodedAudio | None,
         *,
         title: str | None = None,
         text: str | None = None,
         path: str | os.PathLike[str] | None = None,
     ) -> ItemInput:
-        """The backbone's input for one item: its decoded clip (None for text backbones), the text
-        recipe of title + aux text, and what the clip's decoding knows about time."""
+        """The backbone's input for one item: its decoded clip (None for text backbones) or audio
+        track, the text recipe of title + aux text, and what the decoding knows about time."""
         if clip is None:
             return ItemInput(item_id, text=item_text(title, text))
+        if isinstance(clip, DecodedAudio):
+            meta = {
+                "sample_rate": clip.rate,
+                "duration": clip.duration,
+                "cut": clip.cut,
+                "path": str(path) if path is not None else None,
+            }
+            return ItemInput(item_id, audio=clip.samples, text=item_text(title, text), meta=meta)
         meta = {
             "timestamps": clip.timestamps,
             "duration": clip.duration,
@@ -133,7 +159,7 @@ class Extractor:
         *,
         title: str | None = None,
         text: str | None = None,
-    ) -> tuple[ItemTokens, DecodedClip]:
+    ) -> tuple[ItemTokens, DecodedClip | DecodedAudio]:
         """Decode one clip and encode it (the online path; raises VideoDecodeError)."""
         if self.sampler is None:
             raise ValueError(f"the {self.backbone.name} backbone does not read video")
