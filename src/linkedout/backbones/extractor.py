@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linkedout.backbones.base import Backbone, ItemInput, ItemTokens, fingerprint
-from linkedout.video import DecodedClip, FrameSampler
+from linkedout.video import AudioSampler, DecodedAudio, DecodedClip, FrameSampler
 
 ITEM_TEXT_RECIPE = "catalog title + '\\n' + text (missing parts left out)"
 
@@ -33,10 +33,32 @@ def needs_frames(backbone: Backbone) -> bool:
     return bool(getattr(backbone, "needs_frames", backbone.name != "text"))
 
 
+def needs_audio(backbone: Backbone) -> bool:
+    # Audio backbones read ItemInput.audio: the pipeline decodes the audio track, not frames.
+    return bool(getattr(backbone, "needs_audio", False))
+
+
 def uses_text(backbone: Backbone) -> bool:
     # The frames backbone ignores ItemInput.text; recording a recipe it never reads would make two
     # stores of identical tokens look different.
     return bool(getattr(backbone, "uses_text", backbone.name != "frames"))
+
+
+def sampler_to_json(sampler: FrameSampler | AudioSampler | None) -> dict[str, Any] | None:
+    """A sampler's settings as `ExtractorSpec` records them (`sampler_from_json` reads them back)."""
+    if sampler is None:
+        return None
+    if isinstance(sampler, AudioSampler):
+        return sampler.to_json()
+    return {"num_frames": sampler.num_frames, "size": sampler.size, "mode": sampler.mode}
+
+
+def sampler_from_json(data: dict[str, Any] | None) -> FrameSampler | AudioSampler | None:
+    if data is None:
+        return None
+    if data.get("kind") == "audio":
+        return AudioSampler(data["rate"], data.get("max_seconds"))
+    return FrameSampler(**data)
 
 
 @dataclass(frozen=True)
@@ -46,7 +68,8 @@ class ExtractorSpec:
 
     backbone: str
     options: dict[str, Any] = field(default_factory=dict)
-    sampler: dict[str, Any] | None = None  # FrameSampler(num_frames, size, mode); None: no video
+    # FrameSampler(num_frames, size, mode), or {"kind": "audio", rate, max_seconds}; None: no video
+    sampler: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "options": dict(self.options), "sampler": self.sampler}
@@ -59,9 +82,15 @@ class ExtractorSpec:
 @dataclass
 class Extractor:
     backbone: Backbone
-    sampler: FrameSampler | None = None
+    sampler: FrameSampler | AudioSampler | None = None
 
     def __post_init__(self) -> None:
+        if needs_audio(self.backbone):
+            if not isinstance(self.sampler, AudioSampler):
+                raise ValueError(f"the {self.backbone.name} backbone reads audio: give an AudioSampler")
+            return
+        if isinstance(self.sampler, AudioSampler):
+            raise ValueError(f"the {self.backbone.name} backbone does not read audio: give a FrameSampler")
         if not needs_frames(self.backbone):
             self.sampler = None  # a text backbone never decodes: no sampler in its fingerprint either
         elif self.sampler is None:
@@ -90,11 +119,7 @@ class Extractor:
         built = getattr(self.backbone, "build_spec", None)
         if built is None:
             return None
-        sampler = None
-        if self.sampler is not None:
-            s = self.sampler
-            sampler = {"num_frames": s.num_frames, "size": s.size, "mode": s.mode}
-        return ExtractorSpec(built["name"], dict(built["options"]), sampler)
+        return ExtractorSpec(built["name"], dict(built["options"]), sampler_to_json(self.sampler))
 
     @classmethod
     def from_spec(cls, spec: ExtractorSpec, **runtime: Any) -> Extractor:
@@ -102,22 +127,29 @@ class Extractor:
         from linkedout.backbones import get_backbone
 
         backbone = get_backbone(spec.backbone, **spec.options, **runtime)
-        sampler = FrameSampler(**spec.sampler) if spec.sampler is not None else None
-        return cls(backbone, sampler)
+        return cls(backbone, sampler_from_json(spec.sampler))
 
     def item_input(
         self,
         item_id: str,
-        clip: DecodedClip | None,
+        clip: DecodedClip | DecodedAudio | None,
         *,
         title: str | None = None,
         text: str | None = None,
         path: str | os.PathLike[str] | None = None,
     ) -> ItemInput:
-        """The backbone's input for one item: its decoded clip (None for text backbones), the text
-        recipe of title + aux text, and what the clip's decoding knows about time."""
+        """The backbone's input for one item: its decoded clip (None for text backbones) or audio
+        track, the text recipe of title + aux text, and what the decoding knows about time."""
         if clip is None:
             return ItemInput(item_id, text=item_text(title, text))
+        if isinstance(clip, DecodedAudio):
+            meta = {
+                "sample_rate": clip.rate,
+                "duration": clip.duration,
+                "cut": clip.cut,
+                "path": str(path) if path is not None else None,
+            }
+            return ItemInput(item_id, audio=clip.samples, text=item_text(title, text), meta=meta)
         meta = {
             "timestamps": clip.timestamps,
             "duration": clip.duration,
@@ -133,7 +165,7 @@ class Extractor:
         *,
         title: str | None = None,
         text: str | None = None,
-    ) -> tuple[ItemTokens, DecodedClip]:
+    ) -> tuple[ItemTokens, DecodedClip | DecodedAudio]:
         """Decode one clip and encode it (the online path; raises VideoDecodeError)."""
         if self.sampler is None:
             raise ValueError(f"the {self.backbone.name} backbone does not read video")

@@ -10,13 +10,15 @@ import time
 
 import psutil
 
-from linkedout.video import DecodedClip, DecodeFailure, FrameSampler
+from linkedout.video import AudioSampler, DecodedAudio, DecodedClip, DecodeFailure, FrameSampler
 
 __all__ = ["decode_clip", "exit_with_parent"]
 
 
-def decode_clip(sampler: FrameSampler, path: str) -> tuple[DecodedClip | DecodeFailure, float]:
-    """``(clip or failure, seconds)``; never raises: any error comes back as a `DecodeFailure`."""
+def decode_clip(
+    sampler: FrameSampler | AudioSampler, path: str
+) -> tuple[DecodedClip | DecodedAudio | DecodeFailure, float]:
+    """``(clip or audio track or failure, seconds)``; never raises: errors come back as `DecodeFailure`."""
     t0 = time.perf_counter()
     out = sampler.try_sample(path)
     return out, time.perf_counter() - t0

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import linkedout.backbones as backbones
 from linkedout.backbones import BACKBONES, Backbone
 from linkedout.extract.pipeline import ExtractReport, default_frame_size, extract, load_catalog
-from linkedout.video import FrameSampler
+from linkedout.video import AudioSampler, FrameSampler
 
 if TYPE_CHECKING:
     from linkedout.extract.ray_engine import ExtractorRecipe
@@ -38,11 +38,12 @@ ENGINES = ("local", "ray")
 class ExtractOptions:
     """Settings of one extraction run (the flags of ``linkedout extract``).
 
-    ``backbone``: ``frames | text | caption | vllm`` or ``vllm:<model>``. ``size``: short side of decoded
-    frames in pixels; None picks `default_frame_size` for the backbone, 0 keeps the stored size.
+    ``backbone``: ``frames | text | caption | vllm | audio`` or ``vllm:<model>``. ``size``: short side of
+    decoded frames in pixels; None picks `default_frame_size` for the backbone, 0 keeps the stored size.
     ``layers``: integers for frames/text (a ``"0,4,16"`` string or a sequence), a layer spec such as
-    ``"every:4"`` for vllm. ``prompt`` does not apply to frames; ``model`` and ``new_tokens`` only to
-    vllm: passing them elsewhere is an error rather than silently ignored.
+    ``"every:4"`` for vllm. ``prompt`` does not apply to frames; ``model`` only to vllm and audio
+    (``yamnet | aisfx``), ``new_tokens`` only to vllm: passing them elsewhere is an error rather than
+    silently ignored.
 
     ``engine``: ``local`` (this process, decode workers beside it) or ``ray`` (decode tasks and a
     backbone actor pool on a Ray cluster; see `linkedout.extract.ray_engine`). ``address``, ``actors``,
@@ -85,8 +86,8 @@ class ExtractOptions:
             raise ValueError(f"--engine must be local or ray, not {self.engine!r}")
         ray = self.engine == "ray"
         unused = {
-            "--prompt": self.prompt is not None and kind == "frames",
-            "--model": self.model is not None and kind != "vllm",
+            "--prompt": self.prompt is not None and kind in ("frames", "audio"),
+            "--model": self.model is not None and kind not in ("vllm", "audio"),
             "--new-tokens": self.new_tokens is not None and kind != "vllm",
             # the local engine's decode pool; on Ray, decode tasks are scheduled by the cluster
             "--workers": self.workers is not None and ray,
@@ -131,7 +132,7 @@ class ExtractOptions:
         """How each Ray worker builds this run's extractor without loading anything here: the spec
         `get_backbone` would record, and the runtime options it leaves out of it."""
         from linkedout.backbones import RUNTIME_OPTIONS
-        from linkedout.backbones.extractor import ExtractorSpec
+        from linkedout.backbones.extractor import ExtractorSpec, sampler_to_json
         from linkedout.extract.ray_engine import ExtractorRecipe
 
         sampler = self.frame_sampler()
@@ -139,16 +140,22 @@ class ExtractOptions:
         spec = ExtractorSpec(
             self.backbone,
             {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS},
-            {"num_frames": sampler.num_frames, "size": sampler.size, "mode": sampler.mode}
-            if sampler
-            else None,
+            sampler_to_json(sampler),
         )
         return ExtractorRecipe(spec, {k: v for k, v in options.items() if k in RUNTIME_OPTIONS})
 
-    def frame_sampler(self) -> FrameSampler | None:
-        """How clips are decoded for this backbone; None for text, which never decodes."""
+    def frame_sampler(self) -> FrameSampler | AudioSampler | None:
+        """How clips are decoded for this backbone; None for text, which never decodes; for audio the
+        audio track at the model's rate."""
         if self.kind == "text":
             return None
+        if self.kind == "audio":
+            from linkedout.backbones.audio import DEFAULT_AUDIO_MODEL, SAMPLE_RATES
+
+            model = self.model or self.backbone.partition(":")[2] or DEFAULT_AUDIO_MODEL
+            if model not in SAMPLE_RATES:
+                raise ValueError(f"--model for the audio backbone is one of {', '.join(SAMPLE_RATES)}")
+            return AudioSampler(SAMPLE_RATES[model])
         short_side = default_frame_size(self.kind) if self.size is None else (self.size or None)  # 0 = stored
         return FrameSampler(self.frames, short_side)
 
@@ -162,6 +169,8 @@ class ExtractOptions:
         layers = self._layers()
         if layers is not None:
             options["layers"] = layers
+        if self.kind == "audio" and self.model is not None:
+            options["model"] = self.model
         if self.kind == "vllm":
             options["batch_size"] = self.batch_size
             if self.model is not None:
@@ -172,7 +181,7 @@ class ExtractOptions:
             options["sampler"] = sampler.fingerprint()  # the backbone records it in its fingerprint too
         return options
 
-    def build(self) -> tuple[Backbone, FrameSampler | None]:
+    def build(self) -> tuple[Backbone, FrameSampler | AudioSampler | None]:
         """The backbone (loaded: may download or fail with OSError / ImportError) and its frame sampler."""
         sampler = self.frame_sampler()
         # through the module, not a name bound at import: get_backbone stays the one place that maps a

@@ -56,12 +56,12 @@ from typing import Any, Literal
 import psutil
 
 from linkedout.backbones.base import Backbone, ItemInput, ItemTokens
-from linkedout.backbones.extractor import Extractor, needs_frames
+from linkedout.backbones.extractor import Extractor, needs_audio, needs_frames
 from linkedout.data.catalog import Catalog, CatalogItem
 from linkedout.extract.decode_worker import decode_clip, exit_with_parent
 from linkedout.progress import ProgressState, StepProgress
 from linkedout.store import FeatureStore
-from linkedout.video import DecodedClip, DecodeFailure, FrameSampler
+from linkedout.video import AudioSampler, DecodedAudio, DecodedClip, DecodeFailure, FrameSampler
 
 __all__ = [
     "DEFAULT_FRAME_SIZE",
@@ -235,7 +235,7 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 # decoding source: (item, DecodedClip | DecodeFailure | None) in catalog order
 
 
-_Decoded = tuple[CatalogItem, DecodedClip | DecodeFailure | None]
+_Decoded = tuple[CatalogItem, DecodedClip | DecodedAudio | DecodeFailure | None]
 
 
 def _process_context() -> multiprocessing.context.BaseContext:
@@ -263,7 +263,7 @@ class _Source:
     def __init__(
         self,
         items: Sequence[CatalogItem],
-        sampler: FrameSampler | None,
+        sampler: FrameSampler | AudioSampler | None,
         workers: int,
         parallel: Parallel,
         prefetch: int,
@@ -579,7 +579,7 @@ def extract(
     limit: int | None = None,
     retry_failed: bool = False,
     compact: bool = True,
-    sampler: FrameSampler | None = None,
+    sampler: FrameSampler | AudioSampler | None = None,
     torch_threads: int | None = None,
 ) -> ExtractReport:
     """Extract `LayerTokens` for every catalog item not yet in the store at ``store_path``.
@@ -606,7 +606,11 @@ def extract(
         raise ValueError(f"parallel must be 'threads' or 'processes', not {parallel!r}")
     items = list(catalog)[: limit if limit is not None else None]
     video = needs_frames(backbone)
-    if video and sampler is None:
+    if needs_audio(backbone):  # decode the audio track at the model's rate instead of frames
+        video = True
+        if sampler is None:
+            sampler = backbone.audio_sampler()  # type: ignore[attr-defined]
+    elif video and sampler is None:
         if frames < 1:
             raise ValueError("frames must be >= 1")
         sampler = FrameSampler(frames, default_frame_size(backbone) if size == "auto" else size)
@@ -627,8 +631,8 @@ def extract(
         parallel=parallel if n_workers else "inline",
         torch_threads=n_threads,
         batch_size=batch_size,
-        num_frames=sampler.num_frames if sampler else None,
-        size=sampler.size if sampler else None,
+        num_frames=getattr(sampler, "num_frames", None),
+        size=getattr(sampler, "size", None),
     )
 
     source = _Source(todo, sampler, n_workers, parallel, n_prefetch)

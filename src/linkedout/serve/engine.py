@@ -176,11 +176,15 @@ class Engine:
             self._extractor = extractor
         return self._extractor
 
-    def extract_video(self, item_id: str, path: str, title: str | None = None) -> tuple[np.ndarray, bytes]:
+    def extract_video(
+        self, item_id: str, path: str, title: str | None = None
+    ) -> tuple[np.ndarray, bytes | None]:
         """(LayerTokens, thumbnail JPEG) of a local clip, built exactly as `linkedout extract` builds
-        the item's input (same `Extractor`)."""
+        the item's input (same `Extractor`); no thumbnail when the extractor reads only the audio."""
         tokens, clip = self.extractor().extract_one(item_id, path, title=title)
-        return np.asarray(tokens.tokens), frame_jpeg(clip.frames[len(clip.frames) // 2])
+        frames = getattr(clip, "frames", None)  # a DecodedAudio has none
+        thumbnail = frame_jpeg(frames[len(frames) // 2]) if frames is not None and len(frames) else None
+        return np.asarray(tokens.tokens), thumbnail
 
     def add_item(
         self,
