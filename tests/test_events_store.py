@@ -121,14 +121,19 @@ def test_every_write_is_visible_to_another_connection_when_its_future_resolves(s
     unseen: list[str] = []
     param = "?" if store_url.startswith("sqlite") else "%s"
 
+    checked = threading.Semaphore(0)
+
     def check(event_id: str, fut: Future) -> None:
-        if fut.exception() is not None:
-            unseen.append(f"{event_id}: {fut.exception()}")
-            return
-        with lock:
-            row = reader.execute(f"SELECT 1 FROM events WHERE event_id = {param}", (event_id,)).fetchone()
-        if row is None:
-            unseen.append(event_id)
+        try:
+            if fut.exception() is not None:
+                unseen.append(f"{event_id}: {fut.exception()}")
+                return
+            with lock:
+                row = reader.execute(f"SELECT 1 FROM events WHERE event_id = {param}", (event_id,)).fetchone()
+            if row is None:
+                unseen.append(event_id)
+        finally:
+            checked.release()
 
     futures = []
     for i in range(300):
@@ -137,6 +142,10 @@ def test_every_write_is_visible_to_another_connection_when_its_future_resolves(s
         futures.append(f)
     for f in futures:
         f.result()
+    # a future's result() returns before its callbacks have run (they run after the waiters are
+    # woken): close the reader only once every check is over, or a late check uses a closed connection
+    for _ in futures:
+        assert checked.acquire(timeout=60), "a done-callback never ran"
     reader.close()
     assert not unseen, unseen[:5]
     assert store.commits < 300  # group commit: many calls shared a COMMIT
