@@ -55,9 +55,9 @@ def index_bytes(index) -> int:
     """Bytes the index holds for its vectors (see the module docstring)."""
     if hasattr(index, "faiss"):
         return int(index.faiss.serialize_index(index._base).size)
-    view = index._view
-    low = view.low[: view.n].numel() * view.low.element_size() if view.low is not None else 0
-    return int(view.matrix[: view.n].numel() * 4 + low)
+    view = index._view  # base segment (the bundle's rows) + online segment (empty here)
+    low = view.low.numel() * view.low.element_size() if view.low is not None else 0
+    return int((view.base.numel() + view.added[: view.m].numel()) * 4 + low)
 
 
 def open_loop(engine: Engine, requests: list[RecRequest], rate: float, max_batch: int = 64) -> dict:
