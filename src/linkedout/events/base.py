@@ -119,6 +119,15 @@ class EventStore(Protocol):
     def close(self) -> None: ...
 
 
+def refuse_newer_schema(found: int, latest: int) -> None:
+    """A store migrated by a newer linkedout is not written by an older one (both backends)."""
+    if found > latest:
+        raise EventStoreError(
+            f"the event store has schema version {found}, newer than this linkedout knows ({latest}): "
+            "upgrade linkedout"
+        )
+
+
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
 

@@ -46,6 +46,7 @@ from linkedout.events.base import (
     StoredItem,
     WatchRow,
     redact,
+    refuse_newer_schema,
 )
 from linkedout.events.sqlite import check_duplicate
 
@@ -107,11 +108,7 @@ def migrate(conn: psycopg.Connection) -> int:
             "(version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)"
         )
         found = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
-        if found > LATEST:
-            raise EventStoreError(
-                f"the event store has schema version {found}, newer than this linkedout knows ({LATEST}): "
-                "upgrade linkedout"
-            )
+        refuse_newer_schema(found, LATEST)
         for version, statements in MIGRATIONS:
             if version <= found:
                 continue

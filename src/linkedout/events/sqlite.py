@@ -37,6 +37,7 @@ from linkedout.events.base import (
     ItemExists,
     StoredItem,
     WatchRow,
+    refuse_newer_schema,
 )
 
 # Schema migrations, applied in order inside one write transaction each; ``schema_version`` records
@@ -107,11 +108,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)"
         )
         found = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
-        if found > LATEST:
-            raise EventStoreError(
-                f"the event store has schema version {found}, newer than this linkedout knows ({LATEST}): "
-                "upgrade linkedout"
-            )
+        refuse_newer_schema(found, LATEST)
         for version, statements in MIGRATIONS:
             if version <= found:
                 continue
