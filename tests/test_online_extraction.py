@@ -54,7 +54,9 @@ def engine_over(store: FeatureStore) -> Engine:
     return Engine(bundle)
 
 
-def assert_online_equals_offline(engine: Engine, store: FeatureStore, clips: list) -> None:
+def assert_online_equals_offline(
+    engine: Engine, store: FeatureStore, clips: list, *, thumbnails: bool = True
+) -> None:
     ids, stored = store.read_all()
     for row, clip in enumerate(clips):
         item_id = f"c{row}"
@@ -63,7 +65,10 @@ def assert_online_equals_offline(engine: Engine, store: FeatureStore, clips: lis
         assert online.shape == offline.shape and online.dtype == np.float16
         online32, offline32 = online.astype(np.float32), offline.astype(np.float32)
         np.testing.assert_allclose(online32, offline32, rtol=1e-3, atol=1e-3)
-        assert thumbnail.startswith(b"\xff\xd8")  # a JPEG
+        if thumbnails:
+            assert thumbnail.startswith(b"\xff\xd8")  # a JPEG
+        else:
+            assert thumbnail is None  # an audio extractor decodes no frames
         # and the item vector the server indexes is the one the bundle holds for that item
         vector, _ = engine.encode_tokens(online)
         torch.testing.assert_close(vector, engine.bundle.item_matrix[row], atol=1e-3, rtol=1e-3)
@@ -105,3 +110,15 @@ def test_server_refuses_an_extractor_that_does_not_match_the_features(clips, tmp
     engine = Engine(synthetic_bundle(model=model, store_meta=meta)[0])
     with pytest.raises(BundleError, match="LayerTokens"):
         engine.extract_video("x", str(clips[0].path))
+
+
+def test_audio_item_added_online_equals_its_offline_extraction(samples_small, tmp_path):
+    with_sound = [c for c in samples_small.valid_clips() if "bigbuckbunny" in c.name]
+    assert with_sound, "the small tier's Big Buck Bunny clip (it has an audio track) is missing"
+    manifest = write_manifest(with_sound, tmp_path)
+    args = ["extract", "--catalog", str(manifest), "--store", str(tmp_path / "store"), "--workers", "0"]
+    result = runner.invoke(app, [*args, "-q", "--backbone", "audio"])
+    assert result.exit_code == 0, result.output
+    store = FeatureStore.open(tmp_path / "store")
+    assert len(store) == 1 and store.meta.extractor["sampler"]["kind"] == "audio"
+    assert_online_equals_offline(engine_over(store), store, with_sound, thumbnails=False)
