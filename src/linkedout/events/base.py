@@ -18,7 +18,8 @@ The package never imports ``serve`` or ``train``: the server writes here, the tr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -126,6 +127,20 @@ def refuse_newer_schema(found: int, latest: int) -> None:
             f"the event store has schema version {found}, newer than this linkedout knows ({latest}): "
             "upgrade linkedout"
         )
+
+
+def apply_pending_migrations(
+    execute: Callable[..., Any], found: int, migrations: Sequence[tuple[int, Sequence[str]]], record: str
+) -> None:
+    """Run, in order, every migration newer than version ``found`` and record each in schema_version
+    with ``record`` (the backend's ``INSERT`` with its own placeholders). Both backends call this inside
+    the transaction and lock they hold, so the steps and their bookkeeping have one home."""
+    for version, statements in migrations:
+        if version <= found:
+            continue
+        for sql in statements:
+            execute(sql)
+        execute(record, (version, time.time()))
 
 
 def is_postgres_url(url: str) -> bool:

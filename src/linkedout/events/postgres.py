@@ -45,6 +45,7 @@ from linkedout.events.base import (
     ItemExists,
     StoredItem,
     WatchRow,
+    apply_pending_migrations,
     redact,
     refuse_newer_schema,
 )
@@ -109,12 +110,9 @@ def migrate(conn: psycopg.Connection) -> int:
         )
         found = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
         refuse_newer_schema(found, LATEST)
-        for version, statements in MIGRATIONS:
-            if version <= found:
-                continue
-            for sql in statements:
-                conn.execute(sql)
-            conn.execute("INSERT INTO schema_version VALUES (%s, %s)", (version, time.time()))
+        apply_pending_migrations(
+            conn.execute, found, MIGRATIONS, "INSERT INTO schema_version VALUES (%s, %s)"
+        )
     return int(found)
 
 

@@ -37,6 +37,7 @@ from linkedout.events.base import (
     ItemExists,
     StoredItem,
     WatchRow,
+    apply_pending_migrations,
     refuse_newer_schema,
 )
 
@@ -109,12 +110,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         )
         found = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
         refuse_newer_schema(found, LATEST)
-        for version, statements in MIGRATIONS:
-            if version <= found:
-                continue
-            for sql in statements:
-                conn.execute(sql)
-            conn.execute("INSERT INTO schema_version VALUES (?, ?)", (version, time.time()))
+        apply_pending_migrations(conn.execute, found, MIGRATIONS, "INSERT INTO schema_version VALUES (?, ?)")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
