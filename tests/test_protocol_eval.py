@@ -27,7 +27,7 @@ class FixedScores(Recommender):
         self.scores = torch.as_tensor(scores, dtype=torch.float32)
         self.n_items = len(scores)
 
-    def score_all_items(self, history):
+    def score_all_items(self, history, users=None):
         return self.scores[None].expand(history.shape[0], -1).clone()
 
 
@@ -105,7 +105,7 @@ def test_batched_evaluation_equals_a_per_user_loop():
         trainable = False
         n_items = s.n_items
 
-        def score_all_items(self, history):
+        def score_all_items(self, history, users=None):
             w = torch.arange(s.n_items, dtype=torch.float32)
             return torch.cos(w[None] * (history[:, -1:].float() + 1))
 
@@ -155,3 +155,53 @@ def test_training_windows_cover_every_target(jitter):
     assert ((covered >= 1) == (expected == 1)).all()
     if not jitter:
         assert (covered == expected).all()  # without jitter, exactly once
+
+
+def test_training_windows_and_evaluation_name_the_same_users():
+    """Every family reads users from the same two places: `TrainBatch.users` (from `Split.train_users`)
+    and the ``users`` argument of `score_all_items`; both are indices into ``split.data``'s users, also
+    under a cold-start protocol that drops users with no training events."""
+    from linkedout.config import TrainConfig
+    from linkedout.models.base import TrainBatch
+    from linkedout.train.trainer import train
+
+    rng = np.random.default_rng(1)
+    rows = [(u, int(i), t) for u in range(30) for t, i in enumerate(rng.choice(40, size=rng.integers(3, 9)))]
+    rows += [(99, 39, 0), (99, 38, 1), (99, 37, 2), (99, 36, 3), (99, 35, 4)]
+    base = split(log(rows), Protocol("m", max_seq_len=4))
+    # a cold-start split where some user has no training event left (its sequence disappears)
+    s = next(
+        c
+        for seed in range(200)
+        if len((c := base.with_cold_items(0.3, seed=seed)).train_users()) < base.data.n_users
+    )
+    items, starts, ends = s.train_sequences()
+    users = s.train_users()
+    assert len(users) == len(starts) < s.data.n_users
+    for u, a, b in zip(users, starts, ends, strict=True):
+        full = s.data.items[s.data.offsets[u] : s.train_end[u]]
+        assert set(items[a:b].tolist()) <= set(full.tolist())  # a user's training events are its own
+
+    seen: list[tuple[int, list[int]]] = []
+
+    class Recorder(Recommender):
+        n_items = s.n_items
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def loss(self, batch: TrainBatch):
+            for u, row in zip(batch.users.tolist(), batch.targets.tolist(), strict=True):
+                seen.append((u, [x for x in row if x != PAD]))
+            return self.w.sum() * 0 + self.w.square().sum()
+
+        def score_all_items(self, history, users=None):
+            assert users is not None and len(users) == len(history)
+            return torch.zeros(len(history), s.n_items)
+
+    train(Recorder(), s, TrainConfig(epochs=1, patience=1, batch_size=5), progress=False)
+    assert seen
+    for u, targets in seen:
+        train_part = s.data.items[s.data.offsets[u] : s.train_end[u]].tolist()
+        assert set(targets) <= set(train_part), (u, targets)

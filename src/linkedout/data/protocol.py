@@ -162,6 +162,15 @@ class Split:
             return self.train_data.items, self.train_data.offsets[:-1], self.train_data.offsets[1:]
         return self.data.items, self.data.offsets[:-1], self.train_end
 
+    def train_users(self) -> np.ndarray:
+        """int64 ``[n_sequences]``: the user index (into ``data``, what `EvalSet.users` holds) of each
+        training sequence of `train_sequences`. The same as ``arange`` unless a cold-start protocol
+        left some user with no training events (its sequence is then missing)."""
+        if self.train_data is None:
+            return np.arange(self.data.n_users, dtype=np.int64)
+        row = {u: i for i, u in enumerate(self.data.user_ids.tolist())}
+        return np.array([row[u] for u in self.train_data.user_ids.tolist()], dtype=np.int64)
+
     def train_lengths(self) -> np.ndarray:
         _, starts, ends = self.train_sequences()
         return ends - starts

@@ -64,9 +64,11 @@ def build_model(
     max_len: int,
     train_counts: np.ndarray | None = None,
     features=None,
+    n_users: int | None = None,
 ) -> Recommender:
     """A fresh (unfitted, untrained) model named by ``config.name``; content item encoders take
-    ``features`` (an `ItemFeatures` aligned to the dataset's items)."""
+    ``features`` (an `ItemFeatures` aligned to the dataset's items); families with per-user parameters
+    (BPR-MF, LightGCN) take ``n_users`` (the split's users: what `TrainBatch.users` indexes)."""
     from linkedout.models.baselines import ItemKNN, Popularity
     from linkedout.models.sequential import SequentialRecommender
     from linkedout.models.user_encoders import build_user_encoder

@@ -1,9 +1,15 @@
 """The contracts every model follows: `ItemEncoder` (item -> vector) and `Recommender` (history -> scores).
 
 `Recommender`:
-- ``score_all_items(history)`` -> ``[B, n_items]`` scores for LEFT-padded histories ``[B, L]``
-  (item indices, PAD = -1, most recent last). Higher is better. Evaluation and serving call only this.
-- ``loss(batch)`` -> scalar for a `TrainBatch` of next-item windows (gradient-trained models).
+- ``score_all_items(history, users=None)`` -> ``[B, n_items]`` scores for LEFT-padded histories
+  ``[B, L]`` (item indices, PAD = -1, most recent last). Higher is better. Evaluation and serving call
+  only this. ``users`` (long ``[B]``, the split's user indices; -1 or None: a user the model was not
+  trained on) reaches families with per-user parameters (BPR-MF, LightGCN); history-only families
+  (sequential, two-tower, generative) ignore it, and user-table families score a user they do not
+  know from the history alone (folding-in), so every family answers an anonymous history.
+- ``loss(batch)`` -> scalar for a `TrainBatch` of next-item windows (gradient-trained models). Every
+  family trains from the same windows: a pairwise model reads (user, target) pairs out of them, a
+  sequential one the whole window; one trainer, one sampler, one DDP path for all of them.
 - ``fit(split)`` closed-form models (popularity, item-kNN) compute themselves from the training events;
   gradient-trained models return without doing anything there and learn through ``loss``.
 - ``layer_weights(items)`` / ``layer_names``: which depth of knowledge each item leaned on (None / ()
@@ -28,9 +34,11 @@ from torch import nn
 class TrainBatch:
     inputs: torch.Tensor  # long [B, L], PAD = -1, left-padded
     targets: torch.Tensor  # long [B, L], next item of each input position, PAD = -1
+    users: torch.Tensor | None = None  # long [B]: the split's user index of each window
 
     def to(self, device: torch.device | str) -> TrainBatch:
-        return TrainBatch(self.inputs.to(device), self.targets.to(device))
+        users = self.users.to(device) if self.users is not None else None
+        return TrainBatch(self.inputs.to(device), self.targets.to(device), users)
 
 
 class Encoded(NamedTuple):
@@ -115,7 +123,7 @@ class Recommender(nn.Module):
     def loss(self, batch: TrainBatch) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is not trained by gradient")
 
-    def score_all_items(self, history: torch.Tensor) -> torch.Tensor:
+    def score_all_items(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     @property

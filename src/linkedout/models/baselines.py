@@ -23,7 +23,7 @@ class Popularity(Recommender):
     def fit(self, split) -> None:
         self.counts = torch.as_tensor(split.train_item_counts(), dtype=torch.float32)
 
-    def score_all_items(self, history: torch.Tensor) -> torch.Tensor:
+    def score_all_items(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         return self.counts[None, :].expand(history.shape[0], -1).clone()
 
 
@@ -70,7 +70,7 @@ class ItemKNN(Recommender):
         sim = sp.csr_matrix((co.data / np.maximum(denom, 1e-12), (co.row, co.col)), shape=co.shape)
         self.similarity = _top_k_per_row(sim, self.neighbours)
 
-    def score_all_items(self, history: torch.Tensor) -> torch.Tensor:
+    def score_all_items(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         h = history[:, -self.history_window :].cpu().numpy()
         age = np.arange(h.shape[1])[::-1]
         weights = np.broadcast_to(self.decay**age, h.shape)

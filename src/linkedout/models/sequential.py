@@ -89,7 +89,7 @@ class SequentialRecommender(Recommender):
         self._item_matrix = None  # weights may change: drop the cached item matrix
         return super().train(mode)
 
-    def score_all_items(self, history: torch.Tensor) -> torch.Tensor:
+    def score_all_items(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         matrix = self.item_matrix()
         user = self.encode_history(history, matrix)[:, -1]
         return user @ matrix.T

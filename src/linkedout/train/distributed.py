@@ -123,8 +123,8 @@ class _Loss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(TrainBatch(inputs, targets))
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(TrainBatch(inputs, targets, users))
 
 
 @dataclass(frozen=True)

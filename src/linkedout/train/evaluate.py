@@ -39,7 +39,7 @@ def rank_targets(
         starts = data.offsets[users]
         history = torch.from_numpy(padded_windows(data.items, starts, ends, protocol.max_seq_len)).to(device)
         targets = torch.from_numpy(eval_set.targets[lo : lo + batch_size]).to(device)
-        scores = model.score_all_items(history).float()
+        scores = model.score_all_items(history, torch.from_numpy(users).to(device)).float()
         if protocol.mask_history:
             rows, index = ragged_positions(starts, ends)
             seen = torch.from_numpy(data.items[index].astype(np.int64)).to(device)

@@ -132,7 +132,14 @@ def build_for_split(model_config: ModelConfig, data_split: Split) -> tuple[Recom
     fusion) are excluded from ranking, and the returned split says so."""
     features = load_features(model_config, data_split)
     counts = data_split.train_item_counts()
-    model = build_model(model_config, data_split.n_items, data_split.protocol.max_seq_len, counts, features)
+    model = build_model(
+        model_config,
+        data_split.n_items,
+        data_split.protocol.max_seq_len,
+        counts,
+        features,
+        n_users=data_split.data.n_users,
+    )
     if features is not None and features.n_missing:
         fallback = model_config.id_fusion or model_config.item_encoder == "dff"
         if not fallback:

@@ -73,6 +73,7 @@ def train(
 
     rng = np.random.default_rng(config.seed)  # the same epoch order on every rank (see shard_epoch)
     train_items, train_starts, train_ends = split.train_sequences()
+    train_users = split.train_users()
     windows = TrainWindows(train_starts, train_ends, split.protocol.max_seq_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step_loss: Callable[[TrainBatch], torch.Tensor] = model.loss
@@ -82,7 +83,7 @@ def train(
 
         batch_size = per_rank_batch(config.batch_size, world.size)
         wrapped = world.wrap(model)  # DDP makes every rank start from rank 0's weights
-        step_loss = lambda b: wrapped(b.inputs, b.targets)  # noqa: E731
+        step_loss = lambda b: wrapped(b.inputs, b.targets, b.users)  # noqa: E731
         # dropout masks must differ between ranks (each sees other rows); the window order must not,
         # and it comes from ``rng`` above, not from torch
         torch.manual_seed(config.seed + 1_000_003 * world.rank)
@@ -116,10 +117,11 @@ def train(
             total, steps = 0.0, 0
             bar.update(epoch=epoch, step=0, steps=math.ceil(len(w_end) / batch_size))
             for lo in range(0, len(w_end), batch_size):
-                inputs, targets = windows.batch(
-                    train_items, w_start[lo : lo + batch_size], w_end[lo : lo + batch_size]
-                )
-                batch = TrainBatch(torch.from_numpy(inputs), torch.from_numpy(targets)).to(device)
+                starts_b = w_start[lo : lo + batch_size]
+                inputs, targets = windows.batch(train_items, starts_b, w_end[lo : lo + batch_size])
+                # a window starts where its user's sequence starts: that names the user
+                users = train_users[np.searchsorted(train_starts, starts_b, side="right") - 1]
+                batch = TrainBatch(*(torch.from_numpy(a) for a in (inputs, targets, users))).to(device)
                 with autocast:
                     loss = step_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
