@@ -227,5 +227,28 @@ def test_retraining_from_logged_events_closes_the_loop(backend, tmp_path, reques
     _, data_split, _ = load_run(run2)
     assert data_split.data.n_events == 400 + posted
 
+    # a bundle of run2 serves new0 from its training history plus only what was logged after training:
+    # the 8 events run2 trained on are in the bundle and in the store, and count once
+    from linkedout.events import open_event_store
+    from linkedout.events.base import store_identity
+    from linkedout.serve.bundle import load_bundle
+    from linkedout.serve.histories import trained_upto, user_history_rows
+
+    bundle2 = tmp_path / "bundle2"
+    assert CliRunner().invoke(app, ["export", "--run", str(run2), "--out", str(bundle2)]).exit_code == 0
+    b2 = load_bundle(bundle2)
+    row_of = {item: i for i, item in enumerate(b2.item_ids)}
+    store = open_event_store(url)
+    try:
+        upto = trained_upto(b2.meta, store_identity(url))
+        assert upto == saved["dataset_spec"]["events_upto"]
+        rows = user_history_rows(b2.histories, store, row_of, "new0", 100, upto)
+        assert rows == [*b2.histories.get("new0").tolist(), row_of["m1"]]
+        assert len(rows) == 8 + 1
+        # another store (or none) than the one trained on: every stored event is new to the bundle
+        assert trained_upto(b2.meta, store_identity(tmp_path / "other.sqlite")) is None
+    finally:
+        store.close()
+
     missing = CliRunner().invoke(app, ["train", "--events", str(tmp_path / "nope.sqlite"), *common])
     assert missing.exit_code == 2 and "does not exist" in missing.output

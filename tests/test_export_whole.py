@@ -189,8 +189,8 @@ def test_user_history_rows_merges_bundle_and_stored_events():
         def __init__(self, events: dict[str, list[str]]) -> None:
             self.events = events
 
-        def history(self, user_id: str, limit: int) -> list[str]:
-            return self.events.get(user_id, [])[-limit:]
+        def history(self, user_id: str, limit: int, after_seq: int | None = None) -> list[str]:
+            return self.events.get(user_id, [])[after_seq or 0 :][-limit:]  # seq = position here
 
     h = Histories.from_sequences(["a", "b"], [np.array([0, 1, 2]), np.array([3])])
     row_of = {"i0": 0, "i1": 1, "i2": 2, "i3": 3, "i4": 4}
@@ -202,6 +202,7 @@ def test_user_history_rows_merges_bundle_and_stored_events():
     assert user_history_rows(h, log, row_of, "d", 10) == []  # known, but nothing servable: 422 upstream
     assert user_history_rows(h, log, row_of, "z", 10) is None  # unknown: 404
     assert user_history_rows(None, log, row_of, "a", 10) is None
+    assert user_history_rows(h, log, row_of, "b", 10, trained_upto=1) == [3]  # i4 was trained on
 
 
 def test_malformed_histories_are_refused():

@@ -253,6 +253,14 @@ def export_bundle(
         store_items=store_items,
         histories=training_histories(data_split),
     )
+    events = saved.dataset_spec.get("events")
+    if events is not None:
+        # its histories already hold the store's events up to ``upto``: a server logging to the same
+        # store adds only later ones (serve/histories.py `trained_upto`), not the same views twice
+        from linkedout.events.base import store_identity
+
+        upto = saved.dataset_spec.get("events_upto")
+        bundle.meta["trained_on_events"] = {"store": store_identity(events), "upto": upto}
     if store_items is not None and store_items.unencodable:
         bundle.meta["unencodable_store_items"] = store_items.unencodable[:100]
     bundle.save(out, overwrite=overwrite)

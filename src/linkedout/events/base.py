@@ -83,8 +83,9 @@ class EventStore(Protocol):
         """Future of ``(n_new, duplicate_ids)``; fails with `EventConflict` for a changed event id."""
         ...
 
-    def history(self, user_id: str, limit: int) -> list[str]:
-        """The user's last ``limit`` item ids, oldest first (``ts``, ties by arrival)."""
+    def history(self, user_id: str, limit: int, after_seq: int | None = None) -> list[str]:
+        """The user's last ``limit`` item ids, oldest first (``ts``, ties by arrival); with
+        ``after_seq`` only events stored after that feed position (those a bundle has not seen)."""
         ...
 
     def count_events(self) -> int: ...
@@ -182,6 +183,16 @@ def open_event_store(url_or_path: str | os.PathLike[str], **opts: Any) -> EventS
 
     keys = ("synchronous", "max_group")
     return SQLiteEventStore(sqlite_path(text), **{k: v for k, v in opts.items() if k in keys})
+
+
+def store_identity(url_or_path: str | os.PathLike[str]) -> str:
+    """One spelling per event store, to tell whether two settings name the same store: the real
+    absolute path of a SQLite file (``sqlite:///p``, ``p``, a symlink to it all agree), a PostgreSQL
+    URL without its password."""
+    text = os.fspath(url_or_path)
+    if is_postgres_url(text):
+        return redact(text)
+    return "sqlite://" + os.path.realpath(sqlite_path(text))
 
 
 def redact(url: str) -> str:

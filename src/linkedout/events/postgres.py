@@ -293,10 +293,10 @@ class PostgresEventStore:
 
         return self.submit(job)
 
-    def history(self, user_id: str, limit: int) -> list[str]:
+    def history(self, user_id: str, limit: int, after_seq: int | None = None) -> list[str]:
         rows = self._read(
-            "SELECT item_id FROM events WHERE user_id = %s ORDER BY ts DESC, seq DESC LIMIT %s",
-            (user_id, limit),
+            "SELECT item_id FROM events WHERE user_id = %s AND seq > %s ORDER BY ts DESC, seq DESC LIMIT %s",
+            (user_id, -1 if after_seq is None else after_seq, limit),
         )
         return [r[0] for r in reversed(rows)]
 

@@ -247,12 +247,12 @@ class SQLiteEventStore:
 
         return self.submit(job)
 
-    def history(self, user_id: str, limit: int) -> list[str]:
+    def history(self, user_id: str, limit: int, after_seq: int | None = None) -> list[str]:
         """The user's last ``limit`` item ids, oldest first (time order; ties by arrival)."""
         with self._read_lock:
             rows = self._reader.execute(
-                "SELECT item_id FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
-                (user_id, limit),
+                "SELECT item_id FROM events WHERE user_id = ? AND seq > ? ORDER BY ts DESC, seq DESC LIMIT ?",
+                (user_id, -1 if after_seq is None else after_seq, limit),
             ).fetchall()
         return [r[0] for r in reversed(rows)]
 

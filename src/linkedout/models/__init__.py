@@ -8,7 +8,7 @@ import torch
 from linkedout.config import ModelConfig
 from linkedout.models.base import ItemEncoder, Recommender, TrainBatch
 
-MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean")
+MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean", "twotower")
 ITEM_ENCODERS = ("id", "last", "mean", "dff", "linkedout", "caption")
 
 
@@ -77,7 +77,7 @@ def build_model(
         return Popularity(n_items)
     if config.name == "itemknn":
         return ItemKNN(n_items, neighbours=config.knn_neighbours, history_window=config.knn_history)
-    if config.name in ("sasrec", "gru4rec", "mean"):
+    if config.name in ("sasrec", "gru4rec", "mean", "twotower"):
         logq = None
         if config.logq:
             if train_counts is None:

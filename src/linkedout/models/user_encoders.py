@@ -169,4 +169,8 @@ def build_user_encoder(config: ModelConfig, max_len: int) -> nn.Module:
         return GRU4Rec(config.dim, layers=config.blocks, dropout=config.dropout)
     if name == "mean":
         return MeanPooling(config.dim)
-    raise ValueError(f"unknown user encoder {name!r} (sasrec, gru4rec, mean)")
+    if name == "twotower":
+        from linkedout.models.two_tower import UserTower
+
+        return UserTower(config.dim, dropout=config.dropout)
+    raise ValueError(f"unknown user encoder {name!r} (sasrec, gru4rec, mean, twotower)")

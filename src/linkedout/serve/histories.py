@@ -85,8 +85,18 @@ class Histories:
         return cls([str(u) for u in users], tensors["offsets"].numpy(), tensors["items"].numpy())
 
 
+def trained_upto(meta: Mapping[str, object], store: str) -> int | None:
+    """The feed position of ``store`` (a `store_identity`) up to which the bundle's training read its
+    events, or None when the bundle was not trained on that store: its events are then all new to it."""
+    trained = meta.get("trained_on_events")
+    if not isinstance(trained, Mapping) or trained.get("store") != store:
+        return None
+    upto = trained.get("upto")
+    return int(upto) if isinstance(upto, int) else None
+
+
 class StoredHistory(Protocol):
-    def history(self, user_id: str, limit: int) -> list[str]: ...
+    def history(self, user_id: str, limit: int, after_seq: int | None = None) -> list[str]: ...
 
 
 def user_history_rows(
@@ -95,11 +105,15 @@ def user_history_rows(
     row_of: Mapping[str, int],
     user_id: str,
     limit: int,
+    trained_upto: int | None = None,
 ) -> list[int] | None:
     """What ``POST /v1/recommend {"user_id": ...}`` serves: the user's training history from the bundle
     followed by the events stored since, the most recent ``limit`` of them; None when neither knows the
-    user. Stored events naming items this catalogue does not have are skipped, as before."""
-    stored = log.history(user_id, limit)
+    user. Stored events naming items this catalogue does not have are skipped, as before.
+
+    ``trained_upto``: the bundle was trained on this very store's events up to that feed position
+    (``linkedout train --events``), so its histories already hold them; only later events are added."""
+    stored = log.history(user_id, limit, trained_upto)
     known = histories.get(user_id) if histories is not None else None
     if known is None and not stored:
         return None

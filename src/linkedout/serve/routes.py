@@ -34,7 +34,7 @@ from pydantic import StringConstraints
 from linkedout.events import Event, EventConflict, EventStoreUnavailable, ItemExists
 from linkedout.serve.bundle import BundleError
 from linkedout.serve.engine import Engine, RecRequest
-from linkedout.serve.histories import user_history_rows
+from linkedout.serve.histories import trained_upto, user_history_rows
 from linkedout.serve.schemas import (
     Contribution,
     EventsRequest,
@@ -128,6 +128,7 @@ async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -
                 engine.row_of,
                 body.user_id,
                 config.max_history,
+                trained_upto(serving.bundle.meta, state.events_identity),
             )
         except EventStoreUnavailable as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None

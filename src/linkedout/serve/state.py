@@ -30,6 +30,7 @@ import torch
 from fastapi import Request
 
 from linkedout.events import EventStore, EventStoreUnavailable, StoredItem, open_event_store
+from linkedout.events.base import store_identity
 from linkedout.serve.bundle import Bundle, BundleError, load_bundle
 from linkedout.serve.engine import Engine, MicroBatcher, RecRequest
 from linkedout.serve.metrics import Metrics
@@ -115,6 +116,7 @@ class State:
         self.log: EventStore = open_event_store(
             events, synchronous=config.synchronous, writers=config.pg_writers
         )
+        self.events_identity = store_identity(events)
         self.media_roots = [Path(os.path.realpath(r)) for r in config.media_roots]
         roots = list(config.bundle_roots)
         if not roots and bundle.path is not None:
