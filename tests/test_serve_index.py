@@ -147,3 +147,35 @@ def test_ivfpq_with_rerank_finds_most_of_the_exact_top_10_with_exact_scores():
     assert recall >= 0.9, recall
     with pytest.raises(ValueError, match="divide"):
         make_index(matrix, kind="ivfpq", pq_m=7)
+
+
+def test_index_options_reach_the_faiss_index_and_bad_ones_are_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from linkedout.cli import app
+    from linkedout.serve.index import parse_index_options
+    from linkedout.serve.state import ServeConfig, State
+    from linkedout.synthetic import random_vector_bundle
+
+    assert parse_index_options("hnsw", ["ef_search=64", "hnsw-m=8"]) == {"ef_search": 64, "hnsw_m": 8}
+    for kind, pairs, message in [
+        ("ivf", ["nprobe"], "KEY=VALUE"),
+        ("ivf", ["probes=3"], "KEY=VALUE"),
+        ("ivf", ["nprobe=x"], "integer"),
+        ("ivf", ["nprobe=0"], "positive"),
+        ("exact", ["nprobe=4"], "only apply to FAISS"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_index_options(kind, pairs)
+
+    bundle = random_vector_bundle(2000, dim=16)
+    bundle.save(tmp_path / "b")
+    options = parse_index_options("ivf", ["nlist=20", "nprobe=3"])
+    state = State(ServeConfig(bundle=tmp_path / "b", index="ivf", index_options=options))
+    try:
+        faiss_index = state.serving.engine.index._base
+        assert (faiss_index.nlist, faiss_index.nprobe) == (20, 3)
+    finally:
+        state.close()
+    bad = CliRunner().invoke(app, ["serve", "--bundle", str(tmp_path / "b"), "--index-option", "nprobe=4"])
+    assert bad.exit_code == 2 and "only apply to FAISS" in bad.output

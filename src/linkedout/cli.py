@@ -465,6 +465,11 @@ def serve_cmd(
     index: str = typer.Option(
         "exact", "--index", help="exact | exact-bf16 | flat | ivf | ivfpq | hnsw (the last four: FAISS)."
     ),
+    index_option: list[str] = typer.Option(
+        [],
+        "--index-option",
+        help="FAISS knob KEY=VALUE (repeatable): nprobe, nlist, ef_search, hnsw_m, pq_m, rerank.",
+    ),
     threads: int = typer.Option(1, "--threads", help="torch threads for the scoring worker."),
     max_body: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes"),
     max_history: int = typer.Option(1000, "--max-history"),
@@ -481,6 +486,7 @@ def serve_cmd(
     from linkedout.events import EventStoreError, open_event_store
     from linkedout.serve.app import run_server
     from linkedout.serve.bundle import BundleError, load_bundle
+    from linkedout.serve.index import parse_index_options
     from linkedout.serve.security import check_bind
     from linkedout.serve.state import ServeConfig
 
@@ -500,6 +506,7 @@ def serve_cmd(
             media_roots=list(media_root),
             cors_origins=list(cors_origin),
             index=index,
+            index_options=parse_index_options(index, index_option),
             threads=threads,
             max_body_bytes=max_body,
             max_history=max_history,

@@ -408,6 +408,32 @@ class FaissIndex:
         return out_s, out_i
 
 
+# FAISS knobs `linkedout serve --index-option KEY=VALUE` may set (FaissIndex's keyword arguments)
+INDEX_OPTIONS = ("nlist", "nprobe", "hnsw_m", "ef_search", "pq_m", "rerank", "seed")
+
+
+def parse_index_options(kind: str, pairs: list[str]) -> dict[str, int]:
+    """``["nprobe=32", "ef_search=256"]`` -> keyword arguments for a FAISS index of ``kind``; an
+    unknown key, a non-integer value or an option given to an exact index is a ValueError."""
+    out: dict[str, int] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in INDEX_OPTIONS:
+            raise ValueError(
+                f"index option {pair!r}: write KEY=VALUE with KEY one of {', '.join(INDEX_OPTIONS)}"
+            )
+        try:
+            out[key] = int(value)
+        except ValueError:
+            raise ValueError(f"index option {pair!r}: the value must be an integer") from None
+        if out[key] < 0 or (out[key] == 0 and key != "seed"):
+            raise ValueError(f"index option {pair!r}: the value must be positive")
+    if out and kind not in ("flat", "ivf", "ivfpq", "hnsw"):
+        raise ValueError(f"index options {sorted(out)} only apply to FAISS indexes, not --index {kind}")
+    return out
+
+
 def make_index(
     matrix: torch.Tensor, blocked: torch.Tensor | None = None, kind: str = "exact", **kw
 ) -> ExactIndex | FaissIndex:

@@ -56,6 +56,7 @@ class ServeConfig:
     max_events: int = 1000  # per request
     explain_window: int = 20  # occlusion over the most recent items only: one user forward per item
     index: str = "exact"
+    index_options: dict[str, int] = field(default_factory=dict)  # FAISS knobs, e.g. nprobe, ef_search
     threads: int = 1  # torch intra-op threads for the batch worker
     max_batch: int = 64
     synchronous: str = "FULL"  # SQLite: FULL = fsync per group commit
@@ -151,7 +152,7 @@ class State:
         return self.serving.replayed
 
     def _build(self, bundle: Bundle, generation: int) -> Serving:
-        engine = Engine(bundle, self.config.index)
+        engine = Engine(bundle, self.config.index, **self.config.index_options)
         replayed, seq = apply_stored_items(engine, self.log.items_after(bundle.bundle_id, 0), 0)
         batcher = MicroBatcher(engine, self.config.max_batch, observe=self.metrics.batch)
         return Serving(bundle, engine, batcher, generation, replayed, seq)
