@@ -82,7 +82,7 @@ def main() -> None:
     runs = {}
     for name, (gather, bytedrop, bf16) in VARIANTS.items():
         torch.manual_seed(0)
-        model, _ = build_for_split(model_config, data)
+        model, _, _ = build_for_split(model_config, data)
         model.train()
         if not bytedrop:
             with_torch_dropout(model)

@@ -214,3 +214,45 @@ def test_malformed_histories_are_refused():
         Histories.from_sequences(["a", "a"], [np.array([1]), np.array([2])])
     with pytest.raises(HistoryError, match="outside"):
         Histories.from_sequences(["a"], [np.array([7])]).check_rows(5)
+
+
+def test_a_run_refuses_a_feature_store_other_than_the_one_it_trained_on(exported, tmp_path):
+    from linkedout.cli import app
+
+    run_dir, _, _, _ = exported
+    saved = json.loads((run_dir / "run.json").read_text())
+    assert saved["features"]["fingerprint"] and saved["features"]["missing_items"] == len(NO_FEATURES)
+    # the same items, re-extracted with another backbone: another fingerprint
+    other = FeatureStore.create(
+        tmp_path / "other",
+        {"backbone": "another"},
+        layers=[0, 1, 2],
+        token_kinds=["video", "new"],
+        dim=SHAPE[2],
+    )
+    other.append([ItemTokens(f"m{i}", tokens_for(f"m{i}")) for i in range(50)])
+    moved = tmp_path / "run"
+    moved.mkdir()
+    (moved / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
+    saved["model_config"]["features"] = str(tmp_path / "other")
+    (moved / "run.json").write_text(json.dumps(saved))
+    r = CliRunner().invoke(app, ["evaluate", "--run", str(moved)])
+    assert r.exit_code == 2, r.output
+    message = r.output
+    assert str(tmp_path / "other") in message and "fingerprint" in message
+
+    # a store of another catalogue (no item in common with the log) is refused at training time
+    foreign = FeatureStore.create(
+        tmp_path / "foreign",
+        {"backbone": "synthetic"},
+        layers=[0, 1, 2],
+        token_kinds=["video", "new"],
+        dim=SHAPE[2],
+    )
+    foreign.append([ItemTokens(i, tokens_for(i)) for i in STORE_ONLY])
+    args = ["train", "--dataset", str(run_dir.parent / "log.csv"), "--protocol", "microlens"]
+    args += ["--item-encoder", "linkedout", "--features", str(tmp_path / "foreign"), "--epochs", "1", "-q"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    message = r.output
+    assert "has no row for any of the dataset's" in message and str(tmp_path / "foreign") in message

@@ -101,6 +101,8 @@ class RunResult:
     metrics_cold: dict[str, float] = field(default_factory=dict)
     metrics_cold_among_cold: dict[str, float] = field(default_factory=dict)  # ranked among cold items only
     world_size: int = 1  # training processes (DDP ranks); the metrics are rank 0's, computed once
+    # the feature store the item encoder read: path, fingerprint, (L, S, D), items it had no row for
+    features: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -124,13 +126,57 @@ def load_features(model_config: ModelConfig, data_split: Split):
         raise ValueError(f"item encoder {model_config.item_encoder!r} needs --features STORE")
     from linkedout.models.features import ItemFeatures
 
-    return ItemFeatures.from_store(model_config.features, data_split.data.item_ids)
+    features = ItemFeatures.from_store(model_config.features, data_split.data.item_ids)
+    if not bool(features.present.any()):
+        sample = ", ".join(repr(str(i)) for i in data_split.data.item_ids[:3].tolist())
+        raise ValueError(
+            f"feature store {model_config.features} has no row for any of the dataset's "
+            f"{data_split.n_items} items (e.g. {sample}): is it the store of another catalogue?"
+        )
+    return features
 
 
-def build_for_split(model_config: ModelConfig, data_split: Split) -> tuple[Recommender, Split]:
-    """The model for ``data_split``; items that have no features and nothing to fall back on (no ID
-    fusion) are excluded from ranking, and the returned split says so."""
+def features_record(features) -> dict:
+    """What run.json keeps of the feature store a run read (`check_features` compares it later)."""
+    if features is None:
+        return {}
+    return {
+        "store": features.source,
+        "fingerprint": features.fingerprint,
+        "shape": list(features.shape),
+        "missing_items": features.n_missing,
+    }
+
+
+def check_features(saved: dict, features, run_dir: Path) -> None:
+    """Refuse to rebuild a run on a feature store that is not the one it trained on: its weights were
+    fitted to those features, and a re-extracted store (another backbone, layers, prompt) would be
+    scored silently with the wrong ones."""
+    if not saved or features is None:
+        return  # a run from before run.json recorded its features, or an ID-only one
+    if saved.get("fingerprint") and saved["fingerprint"] != features.fingerprint:
+        raise ValueError(
+            f"feature store {features.source} has fingerprint {features.fingerprint[:12]}, but run "
+            f"{run_dir} was trained on {saved['fingerprint'][:12]} (from {saved.get('store')}): "
+            "the store was re-extracted with other settings since; retrain, or point --features at "
+            "the store the run used"
+        )
+    if saved.get("shape") and list(saved["shape"]) != list(features.shape):
+        raise ValueError(
+            f"feature store {features.source} has tokens of shape {list(features.shape)}, run {run_dir} "
+            f"was trained on {saved['shape']}"
+        )
+
+
+def build_for_split(
+    model_config: ModelConfig, data_split: Split, check=None
+) -> tuple[Recommender, Split, dict]:
+    """The model for ``data_split`` and `features_record` of its features; items that have no features
+    and nothing to fall back on (no ID fusion) are excluded from ranking, and the returned split says
+    so. ``check(features)`` may refuse the features before anything is built."""
     features = load_features(model_config, data_split)
+    if check is not None:
+        check(features)
     counts = data_split.train_item_counts()
     model = build_model(
         model_config,
@@ -145,7 +191,7 @@ def build_for_split(model_config: ModelConfig, data_split: Split) -> tuple[Recom
         if not fallback:
             missing = np.flatnonzero(~features.present.numpy())
             data_split = replace(data_split, excluded_items=np.union1d(data_split.excluded_items, missing))
-    return model, data_split
+    return model, data_split, features_record(features)
 
 
 def run_experiment(
@@ -163,7 +209,7 @@ def run_experiment(
     run directory once, and every rank returns rank 0's result."""
     seed_everything(train_config.seed)
     data_split, name = prepared or prepare_split(spec, protocol)
-    model, data_split = build_for_split(model_config, data_split)
+    model, data_split, features = build_for_split(model_config, data_split)
     label = f"train {model_config.name}"
     if model_config.item_encoder != "id":
         label += f" + {model_config.item_encoder}" + (" + id" if model_config.id_fusion else "")
@@ -193,6 +239,7 @@ def run_experiment(
         dataset_spec=asdict(spec),
         history=result.history,
         world_size=world.size if world is not None else 1,
+        features=features,
     )
     if data_split.is_cold_start:
         out.metrics_warm = evaluate(model, data_split, "test", subset="warm", **kw)
@@ -222,7 +269,9 @@ def load_run(run_dir: Path) -> tuple[Recommender, Split, RunResult]:
     spec = DatasetSpec(**saved.dataset_spec)
     data_split, _ = prepare_split(spec, protocol)
     config = ModelConfig.from_dict(saved.model_config)
-    model, data_split = build_for_split(config, data_split)
+    model, data_split, _ = build_for_split(
+        config, data_split, check=lambda f: check_features(saved.features, f, run_dir)
+    )
     model.fit(data_split)
     if model.trainable:
         model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
