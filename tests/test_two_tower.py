@@ -21,22 +21,33 @@ from linkedout.train.trainer import seed_everything, train
 KINDS = ("video", "prompt")
 
 
-def test_user_tower_starts_as_the_running_mean_and_ignores_order_within_the_prefix():
-    tower = UserTower(8)
+def test_user_tower_starts_as_the_running_mean_and_its_recency_pooling_equals_a_loop():
+    tower = UserTower(8, max_len=5)
     x = torch.randn(2, 5, 8)
     valid = torch.tensor([[False, True, True, True, True], [True] * 5])
-    out = tower(x, valid)
     v = valid[..., None].float()
-    torch.testing.assert_close(out, (x * v).cumsum(1) / v.cumsum(1).clamp(min=1) * v)
+    torch.testing.assert_close(tower(x, valid), (x * v).cumsum(1) / v.cumsum(1).clamp(min=1) * v)
     with torch.no_grad():
         for p in tower.parameters():
             p.add_(torch.randn_like(p))
-    shuffled = x[:, [0, 3, 1, 4, 2]]  # the last position sees the same set of items
-    torch.testing.assert_close(
-        tower(shuffled, torch.ones(2, 5, dtype=torch.bool))[:, -1],
-        tower(x, torch.ones(2, 5, dtype=torch.bool))[:, -1],
+    w = tower.pooling_weights(valid)
+    for b in range(2):
+        for t in range(5):
+            ref = torch.zeros(5)
+            if valid[b, t]:
+                for s in range(t + 1):
+                    if valid[b, s]:
+                        ref[s] = torch.exp(tower.recency[t - s])
+                ref = ref / ref.sum()
+            torch.testing.assert_close(w[b, t], ref)
+    # more left padding leaves the last position alone: what serving (padded per batch) relies on
+    padded = torch.cat([torch.zeros(2, 3, 8), x], 1)
+    pvalid = torch.cat([torch.zeros(2, 3, dtype=torch.bool), valid], 1)
+    wide = UserTower(8, max_len=8)
+    wide.load_state_dict(
+        {**tower.state_dict(), "recency": torch.cat([tower.recency.detach(), torch.zeros(3)])}
     )
-    assert (tower(x, valid)[0, 0] == 0).all()  # padding positions stay zero
+    torch.testing.assert_close(wide(padded, pvalid)[:, -1], tower(x, valid)[:, -1])
 
 
 def test_the_recipe_trains_by_in_batch_softmax_with_logq():

@@ -4,8 +4,9 @@ inner product and trained with an in-batch softmax corrected by the items' log s
 - Item tower: any `ItemEncoder` (id, metadata text, caption, frames, audio, DFF/LinkedOut tokens). With
   a content encoder an item's vector needs nothing but its features, so the exported item matrix sits in
   the serving index and a new item is encoded on arrival, with no retraining.
-- User tower: order-free, as in YouTube's candidate generator (Covington et al., RecSys 2016): the
-  running mean of the history's item-tower vectors through a residual MLP. The running mean makes every
+- User tower: a bag of watched items, as in YouTube's candidate generator (Covington et al., RecSys
+  2016): a mean of the history's item-tower vectors through a residual MLP, each item weighted by a
+  learned function of how long ago it was watched (`UserTower`). Pooling every prefix makes every
   position of a training window a (prefix -> next item) example, like the sequential models.
 - Loss: softmax over the batch's distinct target items (the candidates every row shares), minus
   ``log q(item)`` for each candidate, q = its share of training events (Yi et al., RecSys 2019): popular
@@ -26,11 +27,20 @@ from linkedout.models.user_encoders import ByteDropout
 
 
 class UserTower(nn.Module):
-    """Running mean of the history's item vectors -> ``mean + MLP(mean)`` at every position."""
+    """A recency-weighted mean of the history's item vectors -> ``pooled + MLP(pooled)``, at every
+    position t (causal: only items up to t).
 
-    def __init__(self, dim: int, hidden: int | None = None, dropout: float = 0.0) -> None:
+    Item s counts at position t with weight ``exp(recency[t - s])``, normalised over the prefix: one
+    learned number per distance, starting at 0 (the plain running mean of YouTube's tower). What a bag
+    of items cannot say - that the last watch matters more than the tenth-to-last - the tower learns
+    as a decay curve, without becoming a sequence model (no attention between items, no order beyond
+    distance).
+    """
+
+    def __init__(self, dim: int, max_len: int, hidden: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         hidden = hidden or 2 * dim
+        self.recency = nn.Parameter(torch.zeros(max_len))
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden), nn.GELU(), ByteDropout(dropout), nn.Linear(hidden, dim)
         )
@@ -38,7 +48,16 @@ class UserTower(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
+    def pooling_weights(self, valid: torch.Tensor) -> torch.Tensor:
+        """``[B, L, L]``: row t holds the weights of items s <= t (valid ones), summing to 1."""
+        length = valid.shape[1]
+        pos = torch.arange(length, device=valid.device)
+        distance = pos[:, None] - pos[None, :]  # t - s
+        logits = self.recency[distance.clamp(0, len(self.recency) - 1)]
+        allowed = (distance >= 0)[None] & valid[:, None, :]
+        w = torch.where(allowed, logits[None], float("-inf")).softmax(-1)
+        return torch.nan_to_num(w)  # a row with no valid item (padding) is all zero
+
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        v = valid[..., None].to(x.dtype)
-        mean = (x * v).cumsum(1) / v.cumsum(1).clamp(min=1.0)
-        return (mean + self.mlp(mean)) * v
+        pooled = self.pooling_weights(valid).to(x.dtype) @ x
+        return (pooled + self.mlp(pooled)) * valid[..., None].to(x.dtype)

@@ -172,5 +172,5 @@ def build_user_encoder(config: ModelConfig, max_len: int) -> nn.Module:
     if name == "twotower":
         from linkedout.models.two_tower import UserTower
 
-        return UserTower(config.dim, dropout=config.dropout)
+        return UserTower(config.dim, max_len, dropout=config.dropout)
     raise ValueError(f"unknown user encoder {name!r} (sasrec, gru4rec, mean, twotower)")
