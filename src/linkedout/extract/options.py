@@ -177,7 +177,7 @@ class ExtractOptions:
     def frame_sampler(self) -> FrameSampler | AudioSampler | None:
         """How clips are decoded for this backbone; None for text, which never decodes; for audio the
         audio track at the model's rate."""
-        if self.kind == "text":
+        if self.kind in TEXT_KINDS:  # caption too: its constructor takes no sampler
             return None
         if self.kind == "audio":
             from linkedout.backbones.audio import DEFAULT_AUDIO_MODEL, SAMPLE_RATES
