@@ -176,6 +176,7 @@ def test_stage_two_input_errors_are_messages(tmp_path, encoders):
         "no feature store at": ["--backbone", "caption", "--captions-from", str(tmp_path / "nope")],
         "needs a text backbone": ["--backbone", "frames", "--captions-from", str(tmp_path / "frames")],
         "exactly one of --catalog": ["--backbone", "caption"],
+        "--layers does not apply": ["--backbone", "caption", "--layers", "1", "--captions-from", "x"],
     }
     for message, args in cases.items():
         result = runner.invoke(app, [*base, *args])

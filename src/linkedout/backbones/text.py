@@ -258,7 +258,8 @@ class SentenceEncoderConfig:
     Read from a sentence-transformers folder's ``modules.json`` (Transformer, Pooling, Normalize
     modules) without importing sentence-transformers, so the default install stays light; a folder
     without ``modules.json`` is a plain encoder: mean pooling, normalised (the common recipe for
-    BERT-style retrieval encoders; say ``cls`` models come as sentence-transformers folders)."""
+    BERT-style retrieval encoders; ``cls``-pooled ones such as BGE ship as sentence-transformers
+    folders, whose ``modules.json`` says so)."""
 
     model_dir: Path
     pooling: str = "mean"

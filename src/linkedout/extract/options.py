@@ -11,7 +11,7 @@ code; library callers get the same checks and the same messages.
                    ──build()─────► (backbone, sampler): get_backbone(name, **backbone_options(sampler))
                    ──run()───────► load_catalog ─► build ─► extract ─► ExtractReport
                                    engine="ray": load_catalog ─► recipe() ─► extract_ray (ray_engine.py)
-                                   captions_from: build ─► encode_captions (captions.py)
+                                   captions_from: prepare_captions (captions.py) ─► build ─► extract
 
 Where the items come from: a catalogue (``--catalog``: folder, manifest, samples tier), a log's item
 metadata (``--catalog-from ml-100k``: text only, `catalog_from_log`), or a store's generated captions
@@ -109,6 +109,7 @@ class ExtractOptions:
             "--prompt": self.prompt is not None and kind in ("frames", "audio"),
             "--model": self.model is not None and kind not in ("vllm", "audio", "caption"),
             "--new-tokens": self.new_tokens is not None and kind != "vllm",
+            "--layers": self.layers is not None and kind == "caption",  # one sentence vector, no layers
             # the local engine's decode pool; on Ray, decode tasks are scheduled by the cluster
             "--workers": self.workers is not None and ray,
             "--parallel": self.parallel != "threads" and ray,

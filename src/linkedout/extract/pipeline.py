@@ -27,9 +27,10 @@ Why the pieces look like this:
   docs/extraction.md (`benchmarks/extract_clips.py`).
 * **Resume.** The only "done" marker is a committed row, so a run killed at any moment resumes where
   its last commit ended: nothing is written twice and nothing uncommitted is lost.
-* **Failures.** Reasons carry their stage (``decode:``, ``backbone:``, ``text:``). Decode failures
-  depend on the file only, so a resumed run does not decode them again (``retry_failed`` forces it);
-  backbone failures may be transient (memory) and are always retried.
+* **Failures.** Reasons carry their stage (``decode:``, ``backbone:``, ``text:``, ``caption:``).
+  Decode failures depend on the file only, so a resumed run does not decode them again
+  (``retry_failed`` forces it); backbone failures may be transient (memory) and are always retried;
+  missing text or caption stays missing until the input changes (``retry_failed`` again).
 * **Fingerprint and inputs.** An `~linkedout.backbones.extractor.Extractor` (backbone + sampler) builds
   every item's input and the store's key: the backbone's fingerprint fields with ``sampler`` set to the
   sampler this run actually uses and ``item_text`` naming the catalog fields that fed the text input

@@ -247,7 +247,9 @@ class FeatureStore:
         """The extraction pipeline's entry point: resume a store with the same fingerprint, create
         one if absent, refuse (FingerprintMismatchError) one written with other settings."""
         if not (Path(path) / MANIFEST).exists():
-            return cls.create(path, fingerprint_fields, layers, token_kinds, dim, layer_names, extractor, source)
+            return cls.create(
+                path, fingerprint_fields, layers, token_kinds, dim, layer_names, extractor, source
+            )
         store = cls.open(path, expected_fingerprint=fingerprint_fields)
         m = store.meta
         if m.layers != tuple(layers) or m.token_kinds != tuple(token_kinds) or m.dim != dim:
