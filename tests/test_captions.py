@@ -210,6 +210,25 @@ def test_a_text_only_catalogue_needs_no_path_column(tmp_path):
     )
 
 
+def test_any_text_column_of_a_manifest_can_be_the_item_text(tmp_path):
+    (tmp_path / "items.csv").write_text("id,title,text,plot\nm1,Heat,crime,a long heist in LA\nm2,Up,,\n")
+    base = ["extract", "--catalog", str(tmp_path / "items.csv"), "--backbone", "caption", "-q"]
+    ok = runner.invoke(app, [*base, "--text-column", "plot", "--store", str(tmp_path / "plot")])
+    assert ok.exit_code == 0, ok.output
+    plot, default = FeatureStore.open(tmp_path / "plot"), tmp_path / "default"
+    assert plot.meta.fingerprint_fields["text_source"] == "plot"
+    assert runner.invoke(app, [*base, "--store", str(default)]).exit_code == 0
+    assert FeatureStore.open(default).fingerprint != plot.fingerprint  # another column, another store
+    want = get_backbone("caption").sentence_vectors(["Heat\na long heist in LA", "Up"])
+    np.testing.assert_allclose(plot.read(["m1", "m2"])[:, 0, 0], want, atol=2e-3)
+
+    typo = runner.invoke(app, [*base, "--text-column", "plots", "--store", str(tmp_path / "typo")])
+    assert typo.exit_code == 2 and "'plots'" in typo.output and "items.csv" in typo.output
+    frames = ["extract", "--catalog", str(tmp_path / "items.csv"), "--backbone", "frames"]
+    result = runner.invoke(app, [*frames, "--text-column", "plot", "--store", str(tmp_path / "f")])
+    assert result.exit_code == 2 and "--text-column does not apply to the frames backbone" in result.output
+
+
 def test_a_catalogue_from_a_logs_item_metadata(tmp_path, samples_small):
     store = tmp_path / "ml"
     args = ["extract", "--catalog-from", "ml-100k", "--backbone", "caption", "--limit", "3"]

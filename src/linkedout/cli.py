@@ -220,6 +220,12 @@ def extract_cmd(
         "--captions-from",
         help="text/caption: encode the generated captions of this feature store (a vllm --new-tokens run).",
     ),
+    text_column: str | None = typer.Option(
+        None,
+        "--text-column",
+        help="text/caption: the manifest column to read as item text.",
+        show_default="text",
+    ),
     backbone: str = typer.Option("frames", "--backbone", help="frames | text | caption | vllm | audio"),
     store: Path = typer.Option(..., "--store", help="Feature store directory (created, or resumed)."),
     frames: int = typer.Option(8, "--frames", help="T frames sampled uniformly over each clip."),
@@ -309,6 +315,7 @@ def extract_cmd(
         cpus_per_actor=cpus_per_actor,
         captions_from=captions_from,
         catalog_from=catalog_from,
+        text_column=text_column,
     )
     try:
         report = options.run(catalog, store, progress=not quiet)

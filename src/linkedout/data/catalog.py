@@ -204,10 +204,11 @@ class Catalog(Sequence[CatalogItem]):
         which then needs a ``title`` or ``text`` column.
 
         ``columns`` maps our names to the file's (``{"id": "item_id", "path": "video"}``). Other columns
-        become ``extra``. Relative paths resolve against the manifest's folder; URIs are kept. Raises
-        :class:`~linkedout.data.textio.DataFormatError` naming the file (and line, for text files) for a
-        missing ``id``/``path`` column, an empty id or path, or a duplicate id (with both lines).
-        """
+        become ``extra`` (a file column named like one of ours that the mapping replaced, e.g. ``text``
+        when ``{"text": "description"}``, too). Relative paths resolve against the manifest's folder;
+        URIs are kept. Raises :class:`~linkedout.data.textio.DataFormatError` naming the file (and line,
+        for text files) for a missing ``id``/``path`` column, an empty id or path, or a duplicate id
+        (with both lines)."""
         mpath = Path(path).expanduser()
         if not mpath.is_file():
             raise FileNotFoundError(f"catalog manifest not found: {mpath}")
@@ -217,10 +218,12 @@ class Catalog(Sequence[CatalogItem]):
         base = mpath.resolve().parent
         to_ours = {rename.get(k, k): k for k in (*REQUIRED, *OPTIONAL)}
         names = table.column_names
-        cols = {to_ours.get(n, n): table[n].to_pylist() for n in names}
+        cols = {to_ours[n]: table[n].to_pylist() for n in names if n in to_ours}
+        extra_names = [n for n in names if n not in to_ours]
+        extras = {n: table[n].to_pylist() for n in extra_names}
         if is_text:  # CSV cannot tell an empty string from a missing value: read both as missing
             cols = {k: [None if v == "" else v for v in vs] for k, vs in cols.items()}
-        extra_names = [to_ours.get(n, n) for n in names if to_ours.get(n, n) not in (*REQUIRED, *OPTIONAL)]
+            extras = {k: [None if v == "" else v for v in vs] for k, vs in extras.items()}
         items = []
         paths = cols.get("path", [None] * table.num_rows)  # no column: a text-only catalogue
         for r in range(table.num_rows):
@@ -235,7 +238,7 @@ class Catalog(Sequence[CatalogItem]):
                     path=full,
                     title=_text_or_none(cols.get("title", [None] * table.num_rows)[r]),
                     text=_text_or_none(cols.get("text", [None] * table.num_rows)[r]),
-                    extra={k: cols[k][r] for k in extra_names},
+                    extra={k: extras[k][r] for k in extra_names},
                 )
             )
         return cls(items, source=str(mpath))
@@ -319,9 +322,13 @@ def _missing(path: Path, name: str, have: Sequence[str], line: int | None) -> Da
 
 
 def _check_columns(path: Path, names: Sequence[str], rename: Mapping[str, str], line: int | None) -> None:
-    """``id`` always; ``path``, or else a ``title`` or ``text`` column (a text-only catalogue)."""
+    """``id`` always; ``path``, or else a ``title`` or ``text`` column (a text-only catalogue); any
+    column the mapping names."""
     if rename.get("id", "id") not in names:
         raise _missing(path, rename.get("id", "id"), names, line)
+    for ours in OPTIONAL:  # a column named for title/text must exist: a typo would read as no text
+        if ours in rename and rename[ours] not in names:
+            raise _missing(path, rename[ours], names, line)
     has_text = any(rename.get(k, k) in names for k in OPTIONAL)
     if rename.get("path", "path") not in names and not has_text:
         raise DataFormatError(

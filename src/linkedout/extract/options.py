@@ -64,8 +64,9 @@ class ExtractOptions:
 
     ``captions_from``: a feature store whose generated captions are the items' text (stage two of the
     caption path; text backbones, local engine); ``catalog_from``: a log (sample name or path) whose
-    item metadata is a text-only catalogue. ``model`` for the caption backbone is a local encoder
-    folder (default MiniLM).
+    item metadata is a text-only catalogue; ``text_column``: the manifest column text backbones read as
+    each item's text (default ``text``; recorded in the fingerprint as ``text_source``). ``model`` for
+    the caption backbone is a local encoder folder (default MiniLM).
     """
 
     backbone: str = "frames"
@@ -89,6 +90,7 @@ class ExtractOptions:
     cpus_per_actor: float | None = None
     captions_from: str | None = None
     catalog_from: str | None = None
+    text_column: str | None = None
 
     @property
     def kind(self) -> str:
@@ -110,6 +112,8 @@ class ExtractOptions:
             "--model": self.model is not None and kind not in ("vllm", "audio", "caption"),
             "--new-tokens": self.new_tokens is not None and kind != "vllm",
             "--layers": self.layers is not None and kind == "caption",  # one sentence vector, no layers
+            # text backbones record the column in their fingerprint (text_source); others could not
+            "--text-column": self.text_column is not None and kind not in TEXT_KINDS,
             # the local engine's decode pool; on Ray, decode tasks are scheduled by the cluster
             "--workers": self.workers is not None and ray,
             "--parallel": self.parallel != "threads" and ray,
@@ -129,6 +133,8 @@ class ExtractOptions:
                 raise ValueError(f"--captions-from needs a text backbone (caption or text), not {kind}")
             if ray:
                 raise ValueError("--captions-from runs on --engine local (text encoding needs no cluster)")
+        if self.text_column is not None and (self.captions_from or self.catalog_from):
+            raise ValueError("--text-column picks a column of a --catalog manifest")
         if self.catalog_from is not None and kind not in TEXT_KINDS:
             raise ValueError(
                 f"--catalog-from gives a text-only catalogue (a log's item metadata, no videos): "
@@ -202,6 +208,8 @@ class ExtractOptions:
             options["layers"] = layers
         if self.kind in ("audio", "caption") and self.model is not None:
             options["model"] = self.model
+        if self.text_column is not None:
+            options["text_source"] = self.text_column
         if self.kind == "vllm":
             options["batch_size"] = self.batch_size
             if self.model is not None:
@@ -250,7 +258,7 @@ class ExtractOptions:
             catalog = self.catalog_from
             items = catalog_from_log(catalog)
         else:
-            items = load_catalog(catalog)
+            items = load_catalog(catalog, text_column=self.text_column)
         if len(items) == 0:
             raise ValueError(f"the catalog {catalog} holds no items (no video files / empty manifest)")
         if self.kind not in TEXT_KINDS:

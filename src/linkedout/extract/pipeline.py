@@ -165,10 +165,16 @@ class ExtractReport:
 # inputs
 
 
-def load_catalog(spec: str | os.PathLike[str]) -> Catalog:
+def load_catalog(spec: str | os.PathLike[str], *, text_column: str | None = None) -> Catalog:
     """A catalog from what a user types: ``samples:small`` / ``samples:bench`` (the real sample clips,
-    fetched into the cache if needed), a folder of videos, or a CSV/TSV/Parquet manifest."""
+    fetched into the cache if needed), a folder of videos, or a CSV/TSV/Parquet manifest.
+    ``text_column``: the manifest column read as each item's text (default ``text``)."""
     text = str(spec)
+    path = Path(text).expanduser()
+    if text_column is not None:
+        if not path.is_file():
+            raise ValueError(f"--text-column names a column of a manifest; {text} is not a manifest file")
+        return Catalog.from_manifest(path, columns={"text": text_column})
     if text.startswith("samples:"):
         from linkedout.samples import TIERS, fetch_samples
 
@@ -176,7 +182,6 @@ def load_catalog(spec: str | os.PathLike[str]) -> Catalog:
         if tier not in TIERS:
             raise ValueError(f"unknown sample tier {tier!r} in {text!r}; use samples:small or samples:bench")
         return Catalog.from_samples(fetch_samples(tier, quiet=True))  # type: ignore[arg-type]
-    path = Path(text).expanduser()
     if path.is_dir():
         return Catalog.from_folder(path)
     if path.is_file():
