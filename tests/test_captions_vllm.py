@@ -47,13 +47,15 @@ def test_vllm_captions_to_caption_store_to_trained_run_to_served_page(samples_sm
     source = FeatureStore.open(vllm)
     generated = dict(zip(source.ids(), source.captions(source.ids()), strict=True))
     assert sorted(generated) == sorted(ids) and all(isinstance(c, str) for c in generated.values())
+    with_text = {i for i, c in generated.items() if c.strip()}
+    assert with_text, "the tiny Video-LLM generated only blank text: nothing downstream would be tested"
+    assert f"captions     {len(with_text)} of {N_CLIPS} items" in ok(["store", "info", str(vllm)])
 
     # stage two: a local sentence encoder over those captions
     encoder = write_tiny_sentence_encoder(tmp_path / "tiny-bert", pooling="mean")
     stage_two = ["extract", "--backbone", "caption", "--model", str(encoder)]
     stage_two += ["--captions-from", str(vllm), "--store", str(captions), "-q", "--json"]
     report = ok_json(stage_two)
-    with_text = {i for i, c in generated.items() if c.strip()}
     assert report["extracted"] == len(with_text) and set(report["failed"]) == set(generated) - with_text
     store = FeatureStore.open(captions)
     fields = store.meta.fingerprint_fields
@@ -89,7 +91,7 @@ def test_vllm_captions_to_caption_store_to_trained_run_to_served_page(samples_sm
             str(tmp_path / "x.json"),
         ]
     )
-    assert "caption" in explained
+    assert "┃ caption" in explained  # the table's caption column
     shown = json.loads((tmp_path / "x.json").read_text())["captions"]
     assert shown and all(text == generated[ids_of] for ids_of, text in _by_id(tmp_path, shown).items())
 

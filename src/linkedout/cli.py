@@ -379,6 +379,7 @@ def explain_cmd(
 
     import numpy as np
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from linkedout.explain import explain_user, plot_layer_weights, store_captions
@@ -400,7 +401,8 @@ def explain_cmd(
 
     def caption(i: int, width: int = 80) -> str:
         text = " ".join(captions.get(str(item_ids[i]), "").split())
-        return text if len(text) <= width else text[: width - 3] + "..."
+        # generated text is arbitrary: "[...]" in it must print as text, not as rich markup
+        return escape(text if len(text) <= width else text[: width - 3] + "...")
 
     def title(i: int) -> str:
         raw = item_ids[i].item() if hasattr(item_ids[i], "item") else item_ids[i]
@@ -425,7 +427,7 @@ def explain_cmd(
         cells = [str(n), title(rec.item), f"{rec.score:.3f}", because, layers]
         table.add_row(*cells, *([caption(rec.item)] if captions else []))
     if captions:  # what the Video-LLM wrote about the history's videos
-        for i in explanation.history:
+        for i in dict.fromkeys(explanation.history):  # each video once, oldest first
             if caption(i):
                 console.print(f"  [dim]{title(i)}: {caption(i)}[/dim]", highlight=False)
     console.print(table)
