@@ -115,7 +115,7 @@ def test_manifest_column_mapping_and_extras(tmp_path: Path) -> None:
     ("content", "column", "line"),
     [
         ("path,title\na.mp4,A\n", "id", 1),
-        ("id,title\n1,A\n", "path", 1),
+        ("id,views\n1,3\n", "path", 1),  # neither a path (videos) nor title/text (text-only)
         ("id,path\n1,a.mp4\n,b.mp4\n", "id", 3),
         ("id,path\n1,a.mp4\n2,\n", "path", 3),
     ],

@@ -207,10 +207,24 @@ def demo_cmd(
 
 @app.command("extract")
 def extract_cmd(
-    catalog: str = typer.Option(
-        ...,
+    catalog: str | None = typer.Option(
+        None,
         "--catalog",
-        help="Folder of videos, manifest (CSV/TSV/Parquet), or samples:small / samples:bench.",
+        help="Folder of videos, manifest (CSV/TSV/Parquet; id + path and/or title/text), or samples:<tier>.",
+    ),
+    catalog_from: str | None = typer.Option(
+        None, "--catalog-from", help="text/caption: the item metadata of a log (ml-100k or a path)."
+    ),
+    captions_from: str | None = typer.Option(
+        None,
+        "--captions-from",
+        help="text/caption: encode the generated captions of this feature store (a vllm --new-tokens run).",
+    ),
+    text_column: str | None = typer.Option(
+        None,
+        "--text-column",
+        help="text/caption: the manifest column to read as item text.",
+        show_default="text",
     ),
     backbone: str = typer.Option("frames", "--backbone", help="frames | text | caption | vllm | audio"),
     store: Path = typer.Option(..., "--store", help="Feature store directory (created, or resumed)."),
@@ -241,7 +255,10 @@ def extract_cmd(
         None, "--layers", help="e.g. 0,4,16 (frames), 1,6 (text), every:4 (vllm)."
     ),
     model: str | None = typer.Option(
-        None, "--model", help="vllm: hub id or local folder; audio: yamnet (default) | aisfx."
+        None,
+        "--model",
+        help="vllm: hub id or local folder; audio: yamnet (default) | aisfx; "
+        "caption: a local sentence-transformers / BERT folder (default MiniLM).",
     ),
     new_tokens: int | None = typer.Option(None, "--new-tokens", help="vllm: K generated tokens."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
@@ -266,7 +283,9 @@ def extract_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Extract per-layer tokens for every catalog item into a feature store (resumable: re-run the same
-    command after an interruption; items already stored are skipped)."""
+    command after an interruption; items already stored are skipped). Items come from --catalog,
+    --catalog-from (a log's item metadata) or --captions-from (a store's generated captions: the
+    caption path's second stage, e.g. --backbone caption --captions-from VLLM_STORE)."""
     import json
 
     from linkedout.data.formats import DataFormatError
@@ -294,6 +313,9 @@ def extract_cmd(
         actors=actors,
         gpus_per_actor=gpus_per_actor,
         cpus_per_actor=cpus_per_actor,
+        captions_from=captions_from,
+        catalog_from=catalog_from,
+        text_column=text_column,
     )
     try:
         report = options.run(catalog, store, progress=not quiet)
@@ -357,9 +379,10 @@ def explain_cmd(
 
     import numpy as np
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from linkedout.explain import explain_user, plot_layer_weights
+    from linkedout.explain import explain_user, plot_layer_weights, store_captions
     from linkedout.train.run import DatasetSpec, load_run
 
     try:
@@ -370,6 +393,16 @@ def explain_cmd(
         raise typer.Exit(2) from None
     meta = DatasetSpec(**saved.dataset_spec).load().item_meta
     item_ids = data_split.data.item_ids
+    shown = [*explanation.history, *(r.item for r in explanation.recommendations)]
+    try:  # a store moved or deleted since training: explain without captions rather than fail
+        captions = store_captions(saved.model_config.get("features"), [str(item_ids[i]) for i in shown])
+    except (FileNotFoundError, ValueError):
+        captions = {}
+
+    def caption(i: int, width: int = 80) -> str:
+        text = " ".join(captions.get(str(item_ids[i]), "").split())
+        # generated text is arbitrary: "[...]" in it must print as text, not as rich markup
+        return escape(text if len(text) <= width else text[: width - 3] + "...")
 
     def title(i: int) -> str:
         raw = item_ids[i].item() if hasattr(item_ids[i], "item") else item_ids[i]
@@ -382,7 +415,8 @@ def explain_cmd(
         f"[bold]user {user}[/bold]: history (oldest first) {[title(i) for i in explanation.history]}"
     )
     table = Table(title=f"top {k} for user {user} ({saved.model} + {saved.item_encoder})")
-    for col in ("#", "item", "score", "because of (score drop if removed)", "top layers"):
+    columns = ["#", "item", "score", "because of (score drop if removed)", "top layers"]
+    for col in columns + (["caption"] if captions else []):
         table.add_column(col)
     for n, rec in enumerate(explanation.recommendations, 1):
         because = ", ".join(f"{title(h)} ({d:+.2f})" for h, d in rec.contributions[:3])
@@ -390,7 +424,12 @@ def explain_cmd(
         if rec.layer_weights is not None:
             top = np.argsort(rec.layer_weights)[::-1][:3]
             layers = ", ".join(f"{names[i] if names else i}: {rec.layer_weights[i]:.2f}" for i in top)
-        table.add_row(str(n), title(rec.item), f"{rec.score:.3f}", because, layers)
+        cells = [str(n), title(rec.item), f"{rec.score:.3f}", because, layers]
+        table.add_row(*cells, *([caption(rec.item)] if captions else []))
+    if captions:  # what the Video-LLM wrote about the history's videos
+        for i in dict.fromkeys(explanation.history):  # each video once, oldest first
+            if caption(i):
+                console.print(f"  [dim]{title(i)}: {caption(i)}[/dim]", highlight=False)
     console.print(table)
     if explanation.user_layer_weights is not None:
         pairs = ", ".join(
@@ -407,7 +446,8 @@ def explain_cmd(
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
     if json_out is not None:
-        json_out.write_text(json.dumps(asdict(explanation), indent=1))
+        by_index = {i: captions[str(item_ids[i])] for i in shown if str(item_ids[i]) in captions}
+        json_out.write_text(json.dumps({**asdict(explanation), "captions": by_index}, indent=1))
 
 
 @app.command("export")

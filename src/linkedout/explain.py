@@ -117,6 +117,19 @@ def explain_user(
     return explain_history(model, history, k=k, exclude=exclude, layer_names=model.layer_names, user=user_id)
 
 
+def store_captions(store_path: str | None, item_ids: list[str]) -> dict[str, str]:
+    """Caption per item id (a Video-LLM's generated text, or what a caption store encoded) from the
+    run's feature store, for the items that have one; empty when the run has no store or the store no
+    captions. Explanations show it beside the title: what the model "saw" in the video."""
+    if not store_path:
+        return {}
+    from linkedout.store import FeatureStore
+
+    store = FeatureStore.open(store_path)
+    known = [i for i in item_ids if i in store]
+    return {i: c for i, c in zip(known, store.captions(known), strict=True) if c and c.strip()}
+
+
 def plot_layer_weights(
     model: Recommender, explanation: Explanation, path, *, n_items: int = 60, seed: int = 0
 ):

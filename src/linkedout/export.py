@@ -99,11 +99,13 @@ def bundle_from_model(
     cold: np.ndarray | None = None,
     store_items: StoreItems | None = None,
     histories: Histories | None = None,
+    captions: list[str | None] | None = None,
 ) -> Bundle:
     """A bundle from a `SequentialRecommender` in memory (the export path; also used by tests).
 
     ``cold``: bool per model item, True for items without training events; ``store_items`` are appended
-    after the model's items (all cold); ``histories`` name rows of the model's items."""
+    after the model's items (all cold); ``histories`` name rows of the model's items; ``captions``: one
+    per row of the finished bundle (model items, then store items), like ``titles``."""
     if not isinstance(model, SequentialRecommender):
         raise BundleError(
             f"{type(model).__name__} is not a sequential recommender (item + user encoder); "
@@ -177,6 +179,7 @@ def bundle_from_model(
         thumbnails=dict(thumbnails or {}),
         cold=cold_t,
         histories=histories,
+        captions=list(captions) if captions is not None else None,
     )
 
 
@@ -204,6 +207,12 @@ def export_bundle(
         if isinstance(model, SequentialRecommender):
             store_items = encode_store_items(model, features, set(item_ids))
     all_ids = item_ids + (store_items.ids if store_items is not None else [])
+    captions = None
+    if store_meta is not None:
+        from linkedout.explain import store_captions
+
+        found = store_captions(features, all_ids)  # the Video-LLM's text, shown on the page
+        captions = [found.get(i) for i in all_ids] if found else None
     titles: list[str | None] = [None] * len(all_ids)
     try:
         meta = {str(k): v for k, v in DatasetSpec(**saved.dataset_spec).load().item_meta.items()}
@@ -252,6 +261,7 @@ def export_bundle(
         cold=data_split.train_item_counts() == 0,
         store_items=store_items,
         histories=training_histories(data_split),
+        captions=captions,
     )
     events = saved.dataset_spec.get("events")
     if events is not None:

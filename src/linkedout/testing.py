@@ -321,3 +321,52 @@ def random_frames(num_frames: int = 4, height: int = 24, width: int = 32, seed: 
     import numpy as np
 
     return np.random.default_rng(seed).integers(0, 256, size=(num_frames, height, width, 3), dtype=np.uint8)
+
+
+def write_tiny_sentence_encoder(
+    path: str | Path, pooling: str | None = "cls", normalize: bool = True, seed: int = 0
+) -> Path:
+    """A tiny random BERT sentence encoder folder (the caption backbone's ``model``), for tests: the
+    files of a sentence-transformers folder (``modules.json``, ``1_Pooling/config.json`` with
+    ``pooling`` = cls | mean | max, a ``2_Normalize`` module when ``normalize``), or with
+    ``pooling=None`` a plain transformers folder (model + tokenizer only). ~30k parameters."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    words = sorted({w.lower() for w in _WORD_TEXT.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), model_max_length=64).save_pretrained(path)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).eval().save_pretrained(path)
+    if pooling is None:
+        return path
+    modes = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens"}
+    pool_dir = path / "1_Pooling"
+    pool_dir.mkdir(exist_ok=True)
+    pool = {f"pooling_mode_{m}": m == modes[pooling] for m in modes.values()}
+    (pool_dir / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **pool}))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        (path / "2_Normalize").mkdir(exist_ok=True)
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+    (path / "modules.json").write_text(json.dumps(modules, indent=1))
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 48, "do_lower_case": False})
+    )
+    return path

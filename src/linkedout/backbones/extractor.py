@@ -20,6 +20,7 @@ from linkedout.backbones.base import Backbone, ItemInput, ItemTokens, fingerprin
 from linkedout.video import AudioSampler, DecodedAudio, DecodedClip, FrameSampler
 
 ITEM_TEXT_RECIPE = "catalog title + '\\n' + text (missing parts left out)"
+CAPTION_TEXT_RECIPE = "the source store's generated caption (stage one of the caption path)"
 
 
 def item_text(title: str | None, text: str | None) -> str | None:
@@ -79,10 +80,31 @@ class ExtractorSpec:
         return cls(str(data["backbone"]), dict(data.get("options") or {}), data.get("sampler"))
 
 
+@dataclass(frozen=True)
+class CaptionSource:
+    """Stage one of the caption path: a feature store whose rows carry a Video-LLM's generated text,
+    which a text backbone (stage two) reads instead of the catalogue's title + text. Its fingerprint
+    joins the text backbone's in the second store's key, so that key covers both stages; its path and
+    fields are recorded beside the key (a moved source store is still the same source)."""
+
+    store: str
+    fingerprint: str
+    fingerprint_fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "fingerprint": self.fingerprint,
+            "fingerprint_fields": self.fingerprint_fields,
+        }
+
+
 @dataclass
 class Extractor:
     backbone: Backbone
     sampler: FrameSampler | AudioSampler | None = None
+    # set when the item text is another store's generated captions (see `CaptionSource`)
+    captions_from: CaptionSource | None = None
 
     def __post_init__(self) -> None:
         if needs_audio(self.backbone):
@@ -91,6 +113,11 @@ class Extractor:
             return
         if isinstance(self.sampler, AudioSampler):
             raise ValueError(f"the {self.backbone.name} backbone does not read audio: give a FrameSampler")
+        if self.captions_from is not None and needs_frames(self.backbone):
+            raise ValueError(
+                f"the {self.backbone.name} backbone reads video; captions from a store need a text "
+                "backbone (caption or text)"
+            )
         if not needs_frames(self.backbone):
             self.sampler = None  # a text backbone never decodes: no sampler in its fingerprint either
         elif self.sampler is None:
@@ -105,7 +132,10 @@ class Extractor:
         fields = dict(self.backbone.fingerprint_fields())
         # Authoritative: the sampler actually used, even if the backbone was built with another dict.
         fields["sampler"] = self.sampler.fingerprint() if self.sampler is not None else None
-        if uses_text(self.backbone):
+        if self.captions_from is not None:
+            fields["item_text"] = CAPTION_TEXT_RECIPE
+            fields["captions_from"] = self.captions_from.fingerprint  # stage one's key, inside stage two's
+        elif uses_text(self.backbone):
             fields["item_text"] = ITEM_TEXT_RECIPE
         return fields
 
@@ -117,7 +147,9 @@ class Extractor:
         (then a server cannot rebuild it and new items must arrive as LayerTokens)."""
         # optional attribute: a backbone of one's own (any object with the protocol's members) has none
         built = getattr(self.backbone, "build_spec", None)
-        if built is None:
+        if built is None or self.captions_from is not None:
+            # two stages (a Video-LLM, then a text encoder of its caption) are not one rebuildable
+            # backbone: a server given such a bundle takes new items as LayerTokens
             return None
         return ExtractorSpec(built["name"], dict(built["options"]), sampler_to_json(self.sampler))
 
@@ -141,6 +173,9 @@ class Extractor:
         """The backbone's input for one item: its decoded clip (None for text backbones) or audio
         track, the text recipe of title + aux text, and what the decoding knows about time."""
         if clip is None:
+            if self.captions_from is not None:  # the text is the caption: kept beside its vector
+                caption = text if text and text.strip() else None
+                return ItemInput(item_id, text=caption, meta={"caption": caption})
             return ItemInput(item_id, text=item_text(title, text))
         if isinstance(clip, DecodedAudio):
             meta = {

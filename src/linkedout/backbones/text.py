@@ -14,14 +14,19 @@ An empty prompt or an empty text gives a zero vector for that token. Item text l
 
 `TextBackbone.sentence_vector` is the model's standard sentence embedding (mean over all tokens incl.
 [CLS]/[SEP] under the attention mask, then L2 normalisation, max 256 tokens), the same vector
-``sentence_transformers.SentenceTransformer("all-MiniLM-L6-v2").encode(texts)`` returns; the
-caption-text item encoder uses it.
+``sentence_transformers.SentenceTransformer("all-MiniLM-L6-v2").encode(texts)`` returns.
+
+`caption` backbone (`CaptionBackbone`): that sentence embedding alone, ``[1, 1, D]`` per item, from
+MiniLM or from any local sentence-transformers / transformers encoder folder (E5, BGE...): the
+caption-text item encoder's input, and the second stage of the caption path (docs/extraction.md).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,33 +163,169 @@ class TextBackbone:
         return torch.cat(out).numpy()
 
 
-class CaptionBackbone(TextBackbone):
-    """Describe What You See: one sentence vector per item (``[1, 1, 384]``) of its caption or text.
+class CaptionBackbone:
+    """Describe What You See: one sentence vector per item (``[1, 1, D]``) of its caption or text.
 
-    Reads ``ItemInput.text`` like the text backbone, but returns the standard normalised MiniLM
-    sentence embedding instead of per-layer states: the ``caption`` item encoder's input."""
+    Reads ``ItemInput.text`` like the text backbone (a catalogue's title + text, or a Video-LLM's
+    generated caption when the pipeline reads another store's captions) and returns a sentence
+    embedding: the ``caption`` item encoder's input.
+
+    ``model``: None for the shipped all-MiniLM-L6-v2, or a local folder: a sentence-transformers
+    folder (E5, BGE, GTE...; its ``modules.json`` gives the pooling, the normalisation and the
+    length limit, read by `SentenceEncoderConfig`) or a plain transformers encoder folder (mean
+    pooling, L2-normalised). ``prompt``: a prefix put before every text, e.g. E5's ``"passage: "``
+    (empty by default; the MiniLM fingerprint stays what it was before this option existed).
+    """
 
     name = "caption"
     token_kinds = ("caption",)
+    layer_names = ("sentence",)
+    needs_frames = False  # reads ItemInput.text only
+    build_spec: dict[str, Any] | None = None  # set by get_backbone (see backbones/__init__.py)
 
-    def __init__(self, batch_size: int = 64, device: str = "cpu", text_source: str = "text") -> None:
-        super().__init__(
-            prompt="", layers=(NUM_LAYERS,), batch_size=batch_size, device=device, text_source=text_source
-        )
-        self.layer_names = ("sentence",)
+    def __init__(
+        self,
+        model: str | None = None,
+        prompt: str = "",
+        batch_size: int = 64,
+        device: str = "cpu",
+        text_source: str = "text",
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.config = SentenceEncoderConfig.read(model)
+        self.model_name = MODEL_ID if model is None else str(Path(model).expanduser().resolve())
+        self.prompt = prompt
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.text_source = text_source  # only recorded in the fingerprint: what the caller put in .text
+        self.tokenizer = AutoTokenizer.from_pretrained(self.config.model_dir)
+        self.model = AutoModel.from_pretrained(self.config.model_dir).eval().requires_grad_(False)
+        self.model.to(self.device)
+        self.dim = int(self.model.config.hidden_size)
+        self.max_length = self.config.max_length or _position_limit(self.tokenizer, self.model.config)
+        self.layers = (int(getattr(self.model.config, "num_hidden_layers", NUM_LAYERS)),)
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        return {
+        weights = self.config.weights_file()
+        fields: dict[str, Any] = {
             "backbone": "caption",
-            "model": MODEL_ID,
-            "weights_sha256": file_sha256(str(self._weights)) if self._weights.exists() else None,
+            "model": self.model_name,
+            "weights_sha256": file_sha256(str(weights)) if weights is not None else None,
             "text_source": self.text_source,
-            "pooling": "sentence-transformers mean pooling, L2-normalised",
-            "max_length": self._sentence_max_length,
+            "pooling": self.config.describe(),
+            "max_length": self.max_length,
             "dim": self.dim,
             "dtype": "float16",
         }
+        if self.prompt:  # absent when empty: MiniLM caption stores written before keep their key
+            fields["prompt"] = self.prompt
+        return fields
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.fingerprint_fields())
+
+    @torch.no_grad()
+    def sentence_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """``[N, D]`` float32 sentence embeddings of ``prompt + text``, pooled as the folder says."""
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = [self.prompt + (t or "") for t in texts[start : start + self.batch_size]]
+            enc = self.tokenizer(
+                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
+            last = self.model(**enc).last_hidden_state
+            out.append(sentence_pool(last, enc["attention_mask"], self.config).float().cpu())
+        if not out:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return torch.cat(out).numpy()
 
     def encode(self, batch: list[ItemInput]) -> list[ItemTokens]:
-        vectors = self.sentence_vector([item.text or "" for item in batch]).astype(np.float16)
+        vectors = self.sentence_vectors([item.text or "" for item in batch]).astype(np.float16)
         return [ItemTokens(item.item_id, vectors[i][None, None, :]) for i, item in enumerate(batch)]
+
+
+# sentence-transformers Pooling config name -> ours
+_ST_POOLING = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}
+
+
+@dataclass(frozen=True)
+class SentenceEncoderConfig:
+    """How a sentence encoder folder turns token states into one vector: its transformers model
+    folder, pooling (``mean`` over non-padding tokens incl. [CLS]/[SEP], the ``cls`` token, or ``max``),
+    L2 normalisation, and the token limit it was trained with (None: the model's position limit).
+
+    Read from a sentence-transformers folder's ``modules.json`` (Transformer, Pooling, Normalize
+    modules) without importing sentence-transformers, so the default install stays light; a folder
+    without ``modules.json`` is a plain encoder: mean pooling, normalised (the common recipe for
+    BERT-style retrieval encoders; ``cls``-pooled ones such as BGE ship as sentence-transformers
+    folders, whose ``modules.json`` says so)."""
+
+    model_dir: Path
+    pooling: str = "mean"
+    normalize: bool = True
+    max_length: int | None = None
+
+    def describe(self) -> str:
+        if self.pooling == "mean" and self.normalize:
+            return "sentence-transformers mean pooling, L2-normalised"  # the MiniLM stores' wording
+        return f"sentence-transformers {self.pooling} pooling" + (", L2-normalised" if self.normalize else "")
+
+    def weights_file(self) -> Path | None:
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (self.model_dir / name).is_file():
+                return self.model_dir / name
+        return None
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike[str] | None) -> SentenceEncoderConfig:
+        root = model_dir() if folder is None else Path(folder).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"caption encoder folder not found: {root} (a sentence-transformers or transformers folder)"
+            )
+        modules_file = root / "modules.json"
+        if not modules_file.is_file():
+            if not (root / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{root} holds neither modules.json nor config.json: not a model folder"
+                )
+            return cls(root)
+        modules = json.loads(modules_file.read_text())
+        kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules}
+        transformer = root / str(kinds.get("Transformer", {}).get("path", ""))
+        pooling, max_length = "mean", None
+        if "Pooling" in kinds:
+            pool = json.loads((root / kinds["Pooling"]["path"] / "config.json").read_text())
+            on = sorted(
+                k[len("pooling_mode_") :] for k, v in pool.items() if k.startswith("pooling_mode_") and v
+            )
+            if len(on) != 1 or on[0] not in _ST_POOLING:
+                raise ValueError(
+                    f"{root}: pooling {on} is not supported; the caption encoder pools one of "
+                    f"{', '.join(_ST_POOLING.values())} (sentence-transformers pooling_mode_<name>)"
+                )
+            pooling = _ST_POOLING[on[0]]
+        for candidate in (transformer, root):
+            st_config = candidate / "sentence_bert_config.json"
+            if st_config.is_file():
+                max_length = json.loads(st_config.read_text()).get("max_seq_length")
+                break
+        return cls(transformer, pooling, "Normalize" in kinds, int(max_length) if max_length else None)
+
+
+def _position_limit(tokenizer: Any, config: Any) -> int:
+    # the tokenizer's own limit is often a huge sentinel (1e30) in folders saved without one
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    return int(min(x for x in [*limits, 512] if isinstance(x, int) and x > 0))
+
+
+def sentence_pool(states: torch.Tensor, mask: torch.Tensor, config: SentenceEncoderConfig) -> torch.Tensor:
+    """``[B, T, D]`` last hidden states -> ``[B, D]`` as sentence-transformers' Pooling + Normalize do."""
+    if config.pooling == "cls":
+        out = states[:, 0]
+    elif config.pooling == "max":
+        out = states.masked_fill(~mask.bool()[..., None], torch.finfo(states.dtype).min).max(1).values
+    else:
+        out = masked_mean(states, mask)
+    return F.normalize(out, dim=-1) if config.normalize else out

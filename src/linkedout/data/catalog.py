@@ -1,6 +1,7 @@
 """`Catalog`: the items a recommender can show, each a video (local path or URI) with optional text.
 
-An item is ``id`` (string), ``path`` (absolute local path or a URI such as ``s3://...``), ``title``
+An item is ``id`` (string), ``path`` (absolute local path or a URI such as ``s3://...``; ``""`` for a
+text-only item: a manifest without a ``path`` column, or a log's item metadata), ``title``
 and ``text`` (aux text: tags, ASR, description; what a prompt or text encoder may read), plus any
 ``extra`` columns a manifest carries (licence, source, duration...). Order is part of the contract:
 it is stable (sorted ids for folders, file order for manifests), so row ``i`` of a feature matrix built
@@ -48,7 +49,7 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".3gp",
     ".gif",
 )
-REQUIRED = ("id", "path")
+REQUIRED = ("id", "path")  # path may be left out as a whole: a text-only catalogue (id + title/text)
 OPTIONAL = ("title", "text")
 _PARQUET = (".parquet", ".pq")
 
@@ -59,7 +60,8 @@ def _is_uri(path: str) -> bool:
 
 @dataclass(frozen=True)
 class CatalogItem:
-    """One recommendable video. ``path`` is absolute (local) or a URI; ``extra`` holds other columns."""
+    """One recommendable video. ``path`` is absolute (local) or a URI, ``""`` for a text-only item (no
+    video: only text backbones read it); ``extra`` holds other columns."""
 
     id: str
     path: str
@@ -73,8 +75,8 @@ class CatalogItem:
 
     @property
     def local_path(self) -> Path | None:
-        """The file on this machine, or None for a URI."""
-        return None if self.is_uri else Path(self.path)
+        """The file on this machine, or None for a URI or a text-only item."""
+        return None if self.is_uri or not self.path else Path(self.path)
 
 
 class Catalog(Sequence[CatalogItem]):
@@ -198,11 +200,15 @@ class Catalog(Sequence[CatalogItem]):
     ) -> Catalog:
         """Read a CSV/TSV/Parquet manifest with columns ``id``, ``path`` and optional ``title``, ``text``.
 
+        Without a ``path`` column it is a text-only catalogue (every path ``""``, for text backbones),
+        which then needs a ``title`` or ``text`` column.
+
         ``columns`` maps our names to the file's (``{"id": "item_id", "path": "video"}``). Other columns
-        become ``extra``. Relative paths resolve against the manifest's folder; URIs are kept. Raises
-        :class:`~linkedout.data.textio.DataFormatError` naming the file (and line, for text files) for a
-        missing ``id``/``path`` column, an empty id or path, or a duplicate id (with both lines).
-        """
+        become ``extra`` (a file column named like one of ours that the mapping replaced, e.g. ``text``
+        when ``{"text": "description"}``, too). Relative paths resolve against the manifest's folder;
+        URIs are kept. Raises :class:`~linkedout.data.textio.DataFormatError` naming the file (and line,
+        for text files) for a missing ``id``/``path`` column, an empty id or path, or a duplicate id
+        (with both lines)."""
         mpath = Path(path).expanduser()
         if not mpath.is_file():
             raise FileNotFoundError(f"catalog manifest not found: {mpath}")
@@ -212,21 +218,27 @@ class Catalog(Sequence[CatalogItem]):
         base = mpath.resolve().parent
         to_ours = {rename.get(k, k): k for k in (*REQUIRED, *OPTIONAL)}
         names = table.column_names
-        cols = {to_ours.get(n, n): table[n].to_pylist() for n in names}
+        cols = {to_ours[n]: table[n].to_pylist() for n in names if n in to_ours}
+        extra_names = [n for n in names if n not in to_ours]
+        extras = {n: table[n].to_pylist() for n in extra_names}
         if is_text:  # CSV cannot tell an empty string from a missing value: read both as missing
             cols = {k: [None if v == "" else v for v in vs] for k, vs in cols.items()}
-        extra_names = [to_ours.get(n, n) for n in names if to_ours.get(n, n) not in (*REQUIRED, *OPTIONAL)]
+            extras = {k: [None if v == "" else v for v in vs] for k, vs in extras.items()}
         items = []
+        paths = cols.get("path", [None] * table.num_rows)  # no column: a text-only catalogue
         for r in range(table.num_rows):
-            raw_path = str(cols["path"][r]).strip()
-            full = raw_path if _is_uri(raw_path) else str((base / Path(raw_path).expanduser()).resolve())
+            raw_path = "" if paths[r] is None else str(paths[r]).strip()
+            if not raw_path or _is_uri(raw_path):
+                full = raw_path
+            else:
+                full = str((base / Path(raw_path).expanduser()).resolve())
             items.append(
                 CatalogItem(
                     id=str(cols["id"][r]).strip(),
                     path=full,
                     title=_text_or_none(cols.get("title", [None] * table.num_rows)[r]),
                     text=_text_or_none(cols.get("text", [None] * table.num_rows)[r]),
-                    extra={k: cols[k][r] for k in extra_names},
+                    extra={k: extras[k][r] for k in extra_names},
                 )
             )
         return cls(items, source=str(mpath))
@@ -252,17 +264,17 @@ class Catalog(Sequence[CatalogItem]):
     # -- output ----------------------------------------------------------------------------------
 
     def to_table(self, *, relative_to: str | os.PathLike[str] | None = None) -> pa.Table:
-        """Columns id, path, title, text, then every extra key (first-seen order; absent -> null)."""
+        """Columns id, path, title, text, then every extra key (first-seen order; absent -> null). A
+        text-only catalogue (no item has a path) has no path column, so its manifest reads back."""
         base = Path(relative_to).resolve() if relative_to is not None else None
         extra_keys: dict[str, None] = {}
         for it in self._items:
             extra_keys.update(dict.fromkeys(it.extra))
-        data: dict[str, Any] = {
-            "id": pa.array([it.id for it in self._items], pa.string()),
-            "path": pa.array([_portable(it.path, base) for it in self._items], pa.string()),
-            "title": pa.array([it.title for it in self._items], pa.string()),
-            "text": pa.array([it.text for it in self._items], pa.string()),
-        }
+        data: dict[str, Any] = {"id": pa.array([it.id for it in self._items], pa.string())}
+        if any(it.path for it in self._items) or not self._items:
+            data["path"] = pa.array([_portable(it.path, base) for it in self._items], pa.string())
+        data["title"] = pa.array([it.title for it in self._items], pa.string())
+        data["text"] = pa.array([it.text for it in self._items], pa.string())
         for k in extra_keys:
             data[k] = pa.array([it.extra.get(k) for it in self._items])
         return pa.table(data)
@@ -309,6 +321,25 @@ def _missing(path: Path, name: str, have: Sequence[str], line: int | None) -> Da
     )
 
 
+def _check_columns(path: Path, names: Sequence[str], rename: Mapping[str, str], line: int | None) -> None:
+    """``id`` always; ``path``, or else a ``title`` or ``text`` column (a text-only catalogue); any
+    column the mapping names."""
+    if rename.get("id", "id") not in names:
+        raise _missing(path, rename.get("id", "id"), names, line)
+    for ours in OPTIONAL:  # a column named for title/text must exist: a typo would read as no text
+        if ours in rename and rename[ours] not in names:
+            raise _missing(path, rename[ours], names, line)
+    has_text = any(rename.get(k, k) in names for k in OPTIONAL)
+    if rename.get("path", "path") not in names and not has_text:
+        raise DataFormatError(
+            path,
+            line,
+            rename.get("path", "path"),
+            "required column is missing: a catalogue needs a path column (videos) or a title/text "
+            f"column (a text-only catalogue); the file has: {', '.join(names) or 'no columns'}",
+        )
+
+
 def _read_delimited(path: Path, rename: Mapping[str, str]) -> pa.Table:
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     try:
@@ -319,9 +350,7 @@ def _read_delimited(path: Path, rename: Mapping[str, str]) -> pa.Table:
         raise DataFormatError(path, 1, None, "no header line (expected at least: id, path)")
     names = tuple(next(csv.reader(io.StringIO(header), delimiter=delimiter)))
     names = tuple(n.strip() for n in names)
-    for ours in REQUIRED:
-        if rename.get(ours, ours) not in names:
-            raise _missing(path, rename.get(ours, ours), names, 1)
+    _check_columns(path, names, rename, 1)
     id_col, path_col = rename.get("id", "id"), rename.get("path", "path")
     strings = [rename.get(k, k) for k in (*REQUIRED, *OPTIONAL) if rename.get(k, k) in names]
     spec = TextSpec(
@@ -330,7 +359,7 @@ def _read_delimited(path: Path, rename: Mapping[str, str]) -> pa.Table:
         delimiter=delimiter,
         header_lines=1,
         types={n: pa.string() for n in strings},
-        checks={id_col: ID, path_col: ID},
+        checks={col: ID for col in (id_col, path_col) if col in names},
         unique=id_col,
     )
     return read_table(spec)
@@ -342,11 +371,11 @@ def _read_parquet(path: Path, rename: Mapping[str, str]) -> pa.Table:
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataFormatError(path, None, None, f"not a readable Parquet file: {exc}") from exc
     names = table.column_names
-    for ours in REQUIRED:
-        if rename.get(ours, ours) not in names:
-            raise _missing(path, rename.get(ours, ours), names, None)
+    _check_columns(path, names, rename, None)
     for ours in REQUIRED:
         col = rename.get(ours, ours)
+        if col not in names:  # no path column: a text-only catalogue
+            continue
         values = table[col].to_pylist()
         for r, v in enumerate(values):
             if v is None or not str(v).strip():

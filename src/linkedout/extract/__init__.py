@@ -2,7 +2,9 @@
 
 Public API: :func:`extract`, :func:`extract_ray` (the same on a Ray cluster, ray_engine.py),
 :class:`ExtractReport`, :class:`ExtractError`, :func:`load_catalog`,
-:class:`ExtractOptions` (a run's settings, checked per backbone kind).
+:class:`ExtractOptions` (a run's settings, checked per backbone kind), :func:`catalog_from_log` (a
+text-only catalogue from a log's item metadata), :func:`encode_captions` (stage two of the caption
+path: a store's generated captions -> a text encoder -> a caption store, captions.py).
 A store's description (`linkedout store info`) lives with the store: `linkedout.store.info`.
 
 Names are resolved lazily (PEP 562): decode worker processes import ``linkedout.extract.decode_worker``
@@ -23,6 +25,8 @@ _EXPORTS = {
     "default_workers": "pipeline",
     "extract": "pipeline",
     "load_catalog": "pipeline",
+    "catalog_from_log": "pipeline",
+    "encode_captions": "captions",
     "ExtractOptions": "options",
     "ENGINES": "options",
     "PARALLEL_MODES": "options",

@@ -11,6 +11,11 @@ code; library callers get the same checks and the same messages.
                    ──build()─────► (backbone, sampler): get_backbone(name, **backbone_options(sampler))
                    ──run()───────► load_catalog ─► build ─► extract ─► ExtractReport
                                    engine="ray": load_catalog ─► recipe() ─► extract_ray (ray_engine.py)
+                                   captions_from: prepare_captions (captions.py) ─► build ─► extract
+
+Where the items come from: a catalogue (``--catalog``: folder, manifest, samples tier), a log's item
+metadata (``--catalog-from ml-100k``: text only, `catalog_from_log`), or a store's generated captions
+(``--captions-from STORE``: stage two of the caption path). Exactly one of them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import linkedout.backbones as backbones
 from linkedout.backbones import BACKBONES, Backbone
-from linkedout.extract.pipeline import ExtractReport, default_frame_size, extract, load_catalog
+from linkedout.extract.pipeline import (
+    ExtractReport,
+    catalog_from_log,
+    check_video_paths,
+    default_frame_size,
+    extract,
+    load_catalog,
+)
 from linkedout.video import AudioSampler, FrameSampler
 
 if TYPE_CHECKING:
@@ -32,6 +44,7 @@ __all__ = ["ENGINES", "PARALLEL_MODES", "ExtractOptions"]
 
 PARALLEL_MODES = ("threads", "processes")
 ENGINES = ("local", "ray")
+TEXT_KINDS = ("text", "caption")  # backbones that read only an item's text
 
 
 @dataclass
@@ -48,6 +61,12 @@ class ExtractOptions:
     ``engine``: ``local`` (this process, decode workers beside it) or ``ray`` (decode tasks and a
     backbone actor pool on a Ray cluster; see `linkedout.extract.ray_engine`). ``address``, ``actors``,
     ``gpus_per_actor`` and ``cpus_per_actor`` are Ray's; ``workers`` and ``parallel`` the local engine's.
+
+    ``captions_from``: a feature store whose generated captions are the items' text (stage two of the
+    caption path; text backbones, local engine); ``catalog_from``: a log (sample name or path) whose
+    item metadata is a text-only catalogue; ``text_column``: the manifest column text backbones read as
+    each item's text (default ``text``; recorded in the fingerprint as ``text_source``). ``model`` for
+    the caption backbone is a local encoder folder (default MiniLM).
     """
 
     backbone: str = "frames"
@@ -69,6 +88,9 @@ class ExtractOptions:
     actors: int | None = None
     gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None
+    captions_from: str | None = None
+    catalog_from: str | None = None
+    text_column: str | None = None
 
     @property
     def kind(self) -> str:
@@ -87,8 +109,11 @@ class ExtractOptions:
         ray = self.engine == "ray"
         unused = {
             "--prompt": self.prompt is not None and kind in ("frames", "audio"),
-            "--model": self.model is not None and kind not in ("vllm", "audio"),
+            "--model": self.model is not None and kind not in ("vllm", "audio", "caption"),
             "--new-tokens": self.new_tokens is not None and kind != "vllm",
+            "--layers": self.layers is not None and kind == "caption",  # one sentence vector, no layers
+            # text backbones record the column in their fingerprint (text_source); others could not
+            "--text-column": self.text_column is not None and kind not in TEXT_KINDS,
             # the local engine's decode pool; on Ray, decode tasks are scheduled by the cluster
             "--workers": self.workers is not None and ray,
             "--parallel": self.parallel != "threads" and ray,
@@ -103,6 +128,18 @@ class ExtractOptions:
                 raise ValueError(f"{flag} applies to --engine ray only")
         if ray:
             self._check_ray()
+        if self.captions_from is not None:
+            if kind not in TEXT_KINDS:
+                raise ValueError(f"--captions-from needs a text backbone (caption or text), not {kind}")
+            if ray:
+                raise ValueError("--captions-from runs on --engine local (text encoding needs no cluster)")
+        if self.text_column is not None and (self.captions_from or self.catalog_from):
+            raise ValueError("--text-column picks a column of a --catalog manifest")
+        if self.catalog_from is not None and kind not in TEXT_KINDS:
+            raise ValueError(
+                f"--catalog-from gives a text-only catalogue (a log's item metadata, no videos): "
+                f"use --backbone text or caption, not {kind}"
+            )
         for flag, bad in unused.items():
             if bad:  # silently ignoring an option would make the user believe it took effect
                 where = (
@@ -147,7 +184,7 @@ class ExtractOptions:
     def frame_sampler(self) -> FrameSampler | AudioSampler | None:
         """How clips are decoded for this backbone; None for text, which never decodes; for audio the
         audio track at the model's rate."""
-        if self.kind == "text":
+        if self.kind in TEXT_KINDS:  # caption too: its constructor takes no sampler
             return None
         if self.kind == "audio":
             from linkedout.backbones.audio import DEFAULT_AUDIO_MODEL, SAMPLE_RATES
@@ -169,8 +206,10 @@ class ExtractOptions:
         layers = self._layers()
         if layers is not None:
             options["layers"] = layers
-        if self.kind == "audio" and self.model is not None:
+        if self.kind in ("audio", "caption") and self.model is not None:
             options["model"] = self.model
+        if self.text_column is not None:
+            options["text_source"] = self.text_column
         if self.kind == "vllm":
             options["batch_size"] = self.batch_size
             if self.model is not None:
@@ -190,13 +229,40 @@ class ExtractOptions:
         return backbone, sampler
 
     def run(
-        self, catalog: str | os.PathLike[str], store: str | os.PathLike[str], *, progress: bool = True
+        self, catalog: str | os.PathLike[str] | None, store: str | os.PathLike[str], *, progress: bool = True
     ) -> ExtractReport:
-        """Validate, load the catalog, build the backbone and extract into ``store`` (resumable)."""
+        """Validate, load the catalog (or the log's metadata, or the source store's captions), build
+        the backbone and extract into ``store`` (resumable)."""
         self.validate()  # before the catalog: a typo in a flag should not wait for a catalog scan
-        items = load_catalog(catalog)
+        given = [catalog is not None, self.catalog_from is not None, self.captions_from is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of --catalog, --catalog-from or --captions-from")
+        if self.captions_from is not None:
+            from linkedout.extract.captions import prepare_captions
+
+            items, source = prepare_captions(self.captions_from, store)  # before the model loads
+            backbone, _ = self.build()
+            return extract(
+                items,
+                backbone,
+                store,
+                captions_from=source,
+                batch_size=self.batch_size,
+                limit=self.limit,
+                retry_failed=self.retry_failed,
+                progress=progress,
+                torch_threads=self.torch_threads or None,
+            )
+        if catalog is None:
+            assert self.catalog_from is not None
+            catalog = self.catalog_from
+            items = catalog_from_log(catalog)
+        else:
+            items = load_catalog(catalog, text_column=self.text_column)
         if len(items) == 0:
             raise ValueError(f"the catalog {catalog} holds no items (no video files / empty manifest)")
+        if self.kind not in TEXT_KINDS:
+            check_video_paths(items, self.kind)  # a text-only catalogue: say so before a model loads
         if self.engine == "ray":
             from linkedout.extract.ray_engine import extract_ray
 

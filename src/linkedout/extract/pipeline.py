@@ -27,9 +27,10 @@ Why the pieces look like this:
   docs/extraction.md (`benchmarks/extract_clips.py`).
 * **Resume.** The only "done" marker is a committed row, so a run killed at any moment resumes where
   its last commit ended: nothing is written twice and nothing uncommitted is lost.
-* **Failures.** Reasons carry their stage (``decode:``, ``backbone:``, ``text:``). Decode failures
-  depend on the file only, so a resumed run does not decode them again (``retry_failed`` forces it);
-  backbone failures may be transient (memory) and are always retried.
+* **Failures.** Reasons carry their stage (``decode:``, ``backbone:``, ``text:``, ``caption:``).
+  Decode failures depend on the file only, so a resumed run does not decode them again
+  (``retry_failed`` forces it); backbone failures may be transient (memory) and are always retried;
+  missing text or caption stays missing until the input changes (``retry_failed`` again).
 * **Fingerprint and inputs.** An `~linkedout.backbones.extractor.Extractor` (backbone + sampler) builds
   every item's input and the store's key: the backbone's fingerprint fields with ``sampler`` set to the
   sampler this run actually uses and ``item_text`` naming the catalog fields that fed the text input
@@ -56,7 +57,7 @@ from typing import Any, Literal
 import psutil
 
 from linkedout.backbones.base import Backbone, ItemInput, ItemTokens
-from linkedout.backbones.extractor import Extractor, needs_audio, needs_frames
+from linkedout.backbones.extractor import CaptionSource, Extractor, needs_audio, needs_frames
 from linkedout.data.catalog import Catalog, CatalogItem
 from linkedout.extract.decode_worker import decode_clip, exit_with_parent
 from linkedout.progress import ProgressState, StepProgress
@@ -67,6 +68,7 @@ __all__ = [
     "DEFAULT_FRAME_SIZE",
     "ExtractError",
     "ExtractReport",
+    "catalog_from_log",
     "cpu_count",
     "default_frame_size",
     "default_workers",
@@ -163,10 +165,16 @@ class ExtractReport:
 # inputs
 
 
-def load_catalog(spec: str | os.PathLike[str]) -> Catalog:
+def load_catalog(spec: str | os.PathLike[str], *, text_column: str | None = None) -> Catalog:
     """A catalog from what a user types: ``samples:small`` / ``samples:bench`` (the real sample clips,
-    fetched into the cache if needed), a folder of videos, or a CSV/TSV/Parquet manifest."""
+    fetched into the cache if needed), a folder of videos, or a CSV/TSV/Parquet manifest.
+    ``text_column``: the manifest column read as each item's text (default ``text``)."""
     text = str(spec)
+    path = Path(text).expanduser()
+    if text_column is not None:
+        if not path.is_file():
+            raise ValueError(f"--text-column names a column of a manifest; {text} is not a manifest file")
+        return Catalog.from_manifest(path, columns={"text": text_column})
     if text.startswith("samples:"):
         from linkedout.samples import TIERS, fetch_samples
 
@@ -174,12 +182,28 @@ def load_catalog(spec: str | os.PathLike[str]) -> Catalog:
         if tier not in TIERS:
             raise ValueError(f"unknown sample tier {tier!r} in {text!r}; use samples:small or samples:bench")
         return Catalog.from_samples(fetch_samples(tier, quiet=True))  # type: ignore[arg-type]
-    path = Path(text).expanduser()
     if path.is_dir():
         return Catalog.from_folder(path)
     if path.is_file():
         return Catalog.from_manifest(path)
     raise FileNotFoundError(f"catalog not found: {path} (a folder of videos, a manifest, or samples:<tier>)")
+
+
+def catalog_from_log(spec: str | os.PathLike[str]) -> Catalog:
+    """A text-only catalogue from an interaction log's item metadata (a sample name such as ``ml-100k``
+    or a log path): one item per item of the log, its text "title (year); genres" (see
+    `linkedout.data.catalog.catalog_from_item_table`), no video path."""
+    from linkedout.data.catalog import catalog_from_item_table
+    from linkedout.data.formats import load_interactions
+    from linkedout.samples import resolve_dataset
+
+    loaded = load_interactions(resolve_dataset(spec))
+    if loaded.item_meta is None or len(loaded.item_meta) == 0:
+        raise ValueError(
+            f"the log {spec} carries no item metadata (titles, genres, text) to build a catalogue from; "
+            "write a manifest with id and title/text columns and pass it as --catalog"
+        )
+    return catalog_from_item_table(loaded.item_meta, loaded.interactions.item_ids)
 
 
 def default_frame_size(backbone: Backbone | str) -> int | None:
@@ -478,6 +502,7 @@ def store_options(extractor: Extractor) -> dict[str, Any]:
         "dim": backbone.dim,
         "layer_names": getattr(backbone, "layer_names", None),
         "extractor": spec.to_json() if spec is not None else None,
+        "source": extractor.captions_from.to_json() if extractor.captions_from is not None else None,
     }
 
 
@@ -529,8 +554,21 @@ def item_input_or_failure(
         return f"decode: {decoded.reason}"
     given = extractor.item_input(item.id, decoded, title=item.title, text=item.text, path=item.path)
     if decoded is None and given.text is None:  # text backbone, nothing to read
+        if extractor.captions_from is not None:
+            source = extractor.captions_from.store
+            return f"caption: no generated text for this item in the source store {source}"
         return "text: item has no title or text"
     return given
+
+
+def _with_captions(tokens: list[ItemTokens], batch: list[ItemInput]) -> list[ItemTokens]:
+    """Keep the caption a text backbone read (stage two of the caption path) beside its vector, so the
+    caption store alone can show it (store info, explanations, the bundle)."""
+    caption = {b.item_id: b.meta.get("caption") for b in batch}
+    for t in tokens:
+        if t.caption is None:
+            t.caption = caption.get(t.item_id)
+    return tokens
 
 
 def _commit(
@@ -549,6 +587,18 @@ def _commit(
     report.write_seconds += time.perf_counter() - t0
     report.extracted += len(tokens)
     bar.done(len(tokens))
+
+
+def check_video_paths(items: Sequence[CatalogItem], backbone: str) -> None:
+    """A text-only catalogue (no ``path`` column, or built from a log's item metadata) given to a
+    backbone that decodes: one clear error rather than one decode failure per item."""
+    no_path = [it.id for it in items if not it.path]
+    if no_path:
+        raise ExtractError(
+            f"the {backbone} backbone reads each item's video, but {len(no_path)} of {len(items)} "
+            f"catalogue items have no path (e.g. {', '.join(no_path[:3])}): a text-only catalogue "
+            "goes with --backbone text or caption"
+        )
 
 
 def _stop_if_broken(fails_in_a_row: int, report: ExtractReport) -> None:
@@ -581,6 +631,7 @@ def extract(
     compact: bool = True,
     sampler: FrameSampler | AudioSampler | None = None,
     torch_threads: int | None = None,
+    captions_from: CaptionSource | None = None,
 ) -> ExtractReport:
     """Extract `LayerTokens` for every catalog item not yet in the store at ``store_path``.
 
@@ -594,6 +645,8 @@ def extract(
     earlier run. Text backbones read `item_text` and never decode. ``torch_threads``: torch's
     intra-op threads during the run, restored after (None: leave torch as it is; on a machine shared
     with other busy processes, fewer threads than cores avoids OpenMP stalls: docs/extraction.md).
+    ``captions_from``: the items' text is a source store's generated captions (``catalog`` built by
+    `linkedout.extract.captions.captions_catalog`), not their title + text; see that module.
 
     Resumable and crash-safe (see module docstring); returns an `ExtractReport`. Raises
     `~linkedout.store.FingerprintMismatchError` if the store holds tokens from other settings, and
@@ -616,11 +669,13 @@ def extract(
         sampler = FrameSampler(frames, default_frame_size(backbone) if size == "auto" else size)
     if not video:
         sampler = None
+    else:
+        check_video_paths(items, backbone.name)
     n_workers = (default_workers(backbone) if workers is None else max(0, int(workers))) if video else 0
     n_threads = torch_threads
     n_prefetch = max(1, prefetch if prefetch is not None else 2 * batch_size)
 
-    extractor = Extractor(backbone, sampler)
+    extractor = Extractor(backbone, sampler, captions_from)
     store = FeatureStore.open_or_create(store_path, **store_options(extractor))
     plan = _plan(items, store, retry_failed)
     todo = plan.todo
@@ -647,6 +702,8 @@ def extract(
         if batch and encode:
             t0 = time.perf_counter()
             tokens, bad = _encode_batch(backbone, batch)
+            if extractor.captions_from is not None:
+                tokens = _with_captions(tokens, batch)
             report.backbone_seconds += time.perf_counter() - t0
             report.batches += 1
             report.frames += sum(

@@ -5,7 +5,9 @@ never sees half a bundle)::
 
     bundle.json               format version, model config, protocol, model card (metrics it was
                               trained to), extractor fingerprint + fields, backbone spec, layer names
-    items.json                item ids (strings, row order of the matrix), titles, thumbnail flags
+    items.json                item ids (strings, row order of the matrix), titles, captions (the
+                              feature store's generated text, when it has any; absent in older
+                              bundles and in bundles of stores without captions)
     items.safetensors         item_matrix float32 [N, D] (the item encoder's output, precomputed),
                               layer_weights float32 [N, L] (per-item explanation; content encoders),
                               blocked bool [N] (items the run excluded from ranking),
@@ -20,8 +22,9 @@ never sees half a bundle)::
                               bundles exported before them (users are then known by events only)
     thumbs/<row>.jpg          one frame per clip when the export was given a catalogue
 
-The optional parts (``cold``, histories) were added without a format change: a reader of format 1
-that predates them ignores them, and this reader treats their absence as "none cold, no histories".
+The optional parts (``cold``, histories, captions) were added without a format change: a reader of
+format 1 that predates them ignores them, and this reader treats their absence as "none cold, no
+histories, no captions".
 
 Bundles are written by `linkedout.export` (offline, from a trained run); this module is the format
 and its reader, and imports models only, never linkedout.train or linkedout.extract ("nothing flows
@@ -70,6 +73,7 @@ class Bundle:
     path: Path | None = None
     cold: torch.Tensor | None = None  # bool [N]: no training events (None -> all False)
     histories: Histories | None = None  # the training log's users, when the export carried them
+    captions: list[str | None] | None = None  # per row: the store's generated text (None: no captions)
     model_config: ModelConfig = field(init=False)
 
     @property
@@ -116,6 +120,8 @@ class Bundle:
             raise BundleError(f"bundle{where}: cold/blocked masks do not have one entry per item")
         if len(self.item_ids) != self.n_items or len(self.titles) != self.n_items:
             raise BundleError(f"bundle{where}: {len(self.item_ids)} ids for {self.n_items} item rows")
+        if self.captions is not None and len(self.captions) != self.n_items:
+            raise BundleError(f"bundle{where}: {len(self.captions)} captions for {self.n_items} item rows")
         if self.histories is not None:
             try:
                 self.histories.check_rows(self.n_items)
@@ -178,7 +184,9 @@ class Bundle:
             (tmp / "thumbs").mkdir()
             for row, jpeg in self.thumbnails.items():
                 (tmp / "thumbs" / f"{row}.jpg").write_bytes(jpeg)
-        items = {"ids": self.item_ids, "titles": self.titles}
+        items: dict[str, Any] = {"ids": self.item_ids, "titles": self.titles}
+        if self.captions is not None and any(self.captions):
+            items["captions"] = self.captions
         (tmp / "items.json").write_text(json.dumps(items))
         (tmp / BUNDLE_JSON).write_text(json.dumps(self.meta, indent=1, default=str))
         if out.exists():
@@ -238,6 +246,7 @@ def _check_shapes(p: Path, items: dict[str, Any], tensors: dict[str, torch.Tenso
         "titles": len(titles),
         "blocked": int(tensors["blocked"].shape[0]),
         "layer_weights": n if lw is None else int(lw.shape[0]),
+        "captions": len(items["captions"]) if isinstance(items.get("captions"), list) else n,
         "cold": n if "cold" not in tensors else int(tensors["cold"].shape[0]),
     }
     wrong = {k: v for k, v in sizes.items() if v != n}
@@ -295,4 +304,5 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         path=p,
         cold=tensors["cold"].bool() if "cold" in tensors else None,
         histories=histories,
+        captions=list(items["captions"]) if isinstance(items.get("captions"), list) else None,
     )

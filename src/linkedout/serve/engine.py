@@ -66,6 +66,8 @@ class Engine:
         self.ids: list[str] = list(bundle.item_ids)
         self.row_of: dict[str, int] = {item_id: i for i, item_id in enumerate(self.ids)}
         self.titles: list[str | None] = list(bundle.titles)
+        # what the Video-LLM wrote about each clip, when the bundle's store kept it (None otherwise)
+        self.captions: list[str | None] = list(bundle.captions or [None] * bundle.n_items)
         self.thumbnails: dict[int, bytes] = dict(bundle.thumbnails)
         self.base_layer_weights = bundle.layer_weights
         self.added_layer_weights: dict[int, list[float]] = {}
@@ -202,6 +204,7 @@ class Engine:
             row = self.index.size
             self.ids.append(item_id)  # before publishing: a search result row always has an id
             self.titles.append(title)
+            self.captions.append(None)  # added online: no generated text reaches the server
             if thumbnail:
                 self.thumbnails[row] = thumbnail
             if layer_weights is not None:

@@ -88,6 +88,7 @@ def item_info(state: State, row: int, serving: Serving | None = None) -> ItemInf
     return ItemInfo(
         item_id=item_id,
         title=engine.titles[row],
+        caption=engine.captions[row],
         row=row,
         added_online=row in engine.added_source,
         source=source,
@@ -154,6 +155,7 @@ async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -
             Recommended(
                 item_id=engine.ids[row],
                 title=engine.titles[row],
+                caption=engine.captions[row],
                 score=score,
                 thumbnail=_thumb_url(engine, row),
                 layer_weights=engine.layer_weights(row),

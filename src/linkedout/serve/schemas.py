@@ -31,6 +31,7 @@ class Contribution(BaseModel):
 class Recommended(BaseModel):
     item_id: str
     title: str | None
+    caption: str | None = Field(None, description="The Video-LLM's generated text, when the bundle has it.")
     score: float
     thumbnail: str | None
     layer_weights: list[float] | None
@@ -79,6 +80,7 @@ class NewItem(BaseModel):
 class ItemInfo(BaseModel):
     item_id: str
     title: str | None
+    caption: str | None = Field(None, description="The Video-LLM's generated text, when the bundle has it.")
     row: int
     added_online: bool
     source: str

@@ -62,6 +62,10 @@ class StoreMeta:
     # recorded at extraction time; None for stores written before it was recorded, or by a backbone
     # not built through `get_backbone`. Not part of the fingerprint: it says how, the fingerprint what.
     extractor: dict[str, Any] | None = None
+    # Stage one of a caption store (`linkedout.backbones.extractor.CaptionSource.to_json()`): the store
+    # whose generated captions were encoded, its fingerprint (also inside ``fingerprint_fields``) and
+    # fields. None for every other store. Not part of the fingerprint either: the path may move.
+    source: dict[str, Any] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -80,6 +84,7 @@ class StoreMeta:
             "dtype": self.dtype,
             "created": self.created,
             "extractor": self.extractor,
+            "source": self.source,
         }
 
     @classmethod
@@ -94,6 +99,7 @@ class StoreMeta:
             dtype=d.get("dtype", DTYPE),
             created=d.get("created", ""),
             extractor=d.get("extractor"),
+            source=d.get("source"),
         )
 
 
@@ -166,9 +172,11 @@ class FeatureStore:
         dim: int,
         layer_names: Sequence[str] | None = None,
         extractor: Mapping[str, Any] | None = None,
+        source: Mapping[str, Any] | None = None,
     ) -> FeatureStore:
         """New empty store. Fails if ``path`` already holds one (use `open_or_create` to resume).
-        ``extractor``: how to build the extractor again (see `StoreMeta.extractor`)."""
+        ``extractor``: how to build the extractor again (see `StoreMeta.extractor`); ``source``: the
+        store a caption store's text came from (`StoreMeta.source`)."""
         p = Path(path)
         if (p / MANIFEST).exists():
             raise FileExistsError(f"a feature store already exists at {p}; use FeatureStore.open_or_create")
@@ -188,6 +196,7 @@ class FeatureStore:
             dim=int(dim),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             extractor=_normalise_fields(extractor) if extractor is not None else None,
+            source=_normalise_fields(source) if source is not None else None,
         )
         p.mkdir(parents=True, exist_ok=True)
         # The manifest is the only thing `open` needs; the Lance datasets appear with the first write, so
@@ -233,11 +242,14 @@ class FeatureStore:
         dim: int,
         layer_names: Sequence[str] | None = None,
         extractor: Mapping[str, Any] | None = None,
+        source: Mapping[str, Any] | None = None,
     ) -> FeatureStore:
         """The extraction pipeline's entry point: resume a store with the same fingerprint, create
         one if absent, refuse (FingerprintMismatchError) one written with other settings."""
         if not (Path(path) / MANIFEST).exists():
-            return cls.create(path, fingerprint_fields, layers, token_kinds, dim, layer_names, extractor)
+            return cls.create(
+                path, fingerprint_fields, layers, token_kinds, dim, layer_names, extractor, source
+            )
         store = cls.open(path, expected_fingerprint=fingerprint_fields)
         m = store.meta
         if m.layers != tuple(layers) or m.token_kinds != tuple(token_kinds) or m.dim != dim:
@@ -249,6 +261,10 @@ class FeatureStore:
         if extractor is not None and m.extractor is None:
             # a store from before the spec was recorded, resumed with the same fingerprint: record it
             store.meta = replace(m, extractor=_normalise_fields(extractor))
+            _write_json_atomic(store.path / MANIFEST, store.meta.to_json())
+        if source is not None and store.meta.source != _normalise_fields(source):
+            # same fingerprint (same stage one), found at another path: remember where it is now
+            store.meta = replace(store.meta, source=_normalise_fields(source))
             _write_json_atomic(store.path / MANIFEST, store.meta.to_json())
         return store
 
