@@ -28,7 +28,7 @@ RECIPES: dict[tuple[str, str], tuple[dict, dict]] = {
     ("mean", "*"): ({"dim": 64}, {"batch_size": 32, "lr": 1e-3}),
     ("twotower", "*"): (
         {"dim": 64, "dropout": 0.1, "loss": "inbatch", "logq": True},
-        {"batch_size": 128, "lr": 1e-3, "patience": 10},
+        {"batch_size": 128, "lr": 3e-3, "patience": 10},
     ),
 }
 
