@@ -4,7 +4,8 @@
 2. extract: the `frames` backbone (EfficientNet-Lite0) over the clips, the `text` backbone (MiniLM
    layers over "title (year); genres") and the `caption` backbone over ml-100k's 1,682 movies;
 3. train + evaluate on ml-100k (microlens protocol, 20% of the items cold): popularity, item-kNN,
-   SASRec with id-only / caption / DFF / LinkedOut item encoders - warm and cold-start;
+   SASRec with id-only / caption / DFF / LinkedOut item encoders, and a content two-tower over the
+   caption vectors - warm and cold-start;
 4. explain one user's recommendations (history contributions, layer weights) and plot the layer weights;
 5. write ``report.md`` + ``results.json`` + PNG into ``--out`` and print where they are.
 
@@ -34,6 +35,7 @@ DEMO_RUNS = (
     ("sasrec + dff", "sasrec", "dff", "text"),
     ("sasrec + linkedout", "sasrec", "linkedout", "text"),
     ("sasrec + linkedout + id", "sasrec", "linkedout+id", "text"),
+    ("two-tower + caption", "twotower", "caption", "caption"),
 )
 
 
