@@ -1,0 +1,206 @@
+"""The pairwise families (bpr.py, lightgcn.py): contract, learning, fold-in, cold items, propagation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from linkedout.data.batches import PAD
+from linkedout.data.interactions import Interactions
+from linkedout.data.protocol import Protocol, split
+from linkedout.models import ModelConfig, build_model
+from linkedout.models.base import TrainBatch
+from linkedout.models.bpr import BPRMF, fold_in
+from linkedout.models.features import ItemFeatures
+from linkedout.models.lightgcn import LightGCN, dense_propagation
+from linkedout.train.evaluate import evaluate
+from linkedout.train.trainer import TrainConfig, seed_everything, train
+
+GROUPS, ITEMS_PER_GROUP = 4, 10
+
+
+def _planted_log(n_users: int = 80, per_user: int = 8, seed: int = 0) -> Interactions:
+    """Users in 4 taste groups; each watches ``per_user`` items of its group's 10 in random order."""
+    rng = np.random.default_rng(seed)
+    users, items, ts = [], [], []
+    for u in range(n_users):
+        group = u % GROUPS
+        chosen = rng.choice(ITEMS_PER_GROUP, per_user, replace=False) + group * ITEMS_PER_GROUP
+        users += [u] * per_user
+        items += chosen.tolist()
+        ts += list(range(per_user))
+    return Interactions.from_arrays(np.array(users), np.array(items), np.array(ts))
+
+
+def _group_features(n_items: int, item_group: np.ndarray, seed: int = 0) -> ItemFeatures:
+    """Caption-shaped features ``[N, 1, 1, 16]``: the item's group direction plus noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(GROUPS, 16))
+    tokens = centres[item_group] + 0.3 * rng.normal(size=(n_items, 16))
+    t = torch.as_tensor(tokens, dtype=torch.float16)[:, None, None, :]
+    return ItemFeatures(t, torch.ones(n_items, dtype=torch.bool), ("old",), ("caption",))
+
+
+def _build(name: str, s, features=None, **config) -> BPRMF:
+    mc = ModelConfig(name=name, dim=16, **config)
+    counts = s.train_item_counts()
+    return build_model(mc, s.n_items, s.protocol.max_seq_len, counts, features, n_users=s.data.n_users)
+
+
+MASKED = Protocol("t", max_seq_len=8, mask_history=True, ks=(5, 10))
+FAST = TrainConfig(epochs=25, patience=25, lr=0.05, batch_size=16)
+
+
+@pytest.mark.parametrize("name", ["bpr", "lightgcn"])
+def test_scores_every_item_for_known_and_anonymous_users(name):
+    s = split(_planted_log(), MASKED)
+    model = _build(name, s)
+    model.fit(s)
+    model.eval()
+    history = torch.tensor([[PAD, PAD, 3, 5], [1, 2, 3, 4], [PAD, PAD, PAD, PAD]])
+    known = model.score_all_items(history, torch.tensor([0, 5, 7]))
+    anonymous = model.score_all_items(history, None)
+    assert known.shape == anonymous.shape == (3, s.n_items)
+    # -1 means "not a user the model knows": the same as no users at all
+    torch.testing.assert_close(model.score_all_items(history, torch.tensor([-1, -1, -1])), anonymous)
+    # a known user's scores come from its own row, not from the history it is shown
+    other = model.score_all_items(torch.tensor([[PAD, 7, 8, 9]] * 3), torch.tensor([0, 5, 7]))
+    torch.testing.assert_close(other, known)
+    with pytest.raises(ValueError, match="out of range"):
+        model.score_all_items(history, torch.tensor([0, 1, s.data.n_users]))
+
+
+def test_pairwise_models_need_the_number_of_users():
+    with pytest.raises(ValueError, match="n_users"):
+        build_model(ModelConfig(name="bpr"), 10, 8)
+
+
+@pytest.mark.parametrize("name", ["bpr", "lightgcn"])
+def test_loss_decreases_and_beats_random_on_planted_tastes(name):
+    seed_everything(0)
+    s = split(_planted_log(), MASKED)
+    pop = build_model(ModelConfig(name="pop"), s.n_items, 8)
+    pop.fit(s)
+    model = _build(name, s)
+    result = train(model, s, FAST, progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    # 4 of a test user's group's 10 items are unseen, among 34 unseen items: chance HR@5 is ~0.15, and
+    # popularity knows no groups either
+    assert evaluate(pop, s, "test")["HR@5"] < 0.4
+    assert evaluate(model, s, "test")["HR@5"] > 0.9
+
+
+def test_fold_in_is_the_mean_of_the_history_item_vectors():
+    s = split(_planted_log(), MASKED)
+    model = _build("bpr", s)
+    model.fit(s)
+    model.eval()
+    history = torch.tensor([[PAD, 2, 4, 6], [PAD, PAD, PAD, 9]])
+    items = model.item_encoder.all_items()
+    users = torch.stack([items[[2, 4, 6]].mean(0), items[9]])
+    bias = model.item_bias  # every item has training events here: biases are used as they are
+    expected = users @ items.T + bias
+    torch.testing.assert_close(model.score_all_items(history, None), expected)
+    torch.testing.assert_close(fold_in(history, items), users)
+    # an empty history folds in to the zero vector: the biases alone
+    empty = torch.full((1, 4), PAD)
+    torch.testing.assert_close(model.score_all_items(empty, None)[0], bias.detach())
+
+
+def test_a_user_without_training_pairs_is_folded_in():
+    log = _planted_log()
+    s = split(log, MASKED)
+    model = _build("bpr", s)
+    model.fit(s)
+    model.trained_users[3] = False  # as if user 3 had no window to train on
+    model.eval()
+    history = torch.tensor([[PAD, 2, 4, 6]])
+    torch.testing.assert_close(
+        model.score_all_items(history, torch.tensor([3])), model.score_all_items(history, None)
+    )
+
+
+@pytest.mark.parametrize("name", ["bpr", "lightgcn"])
+def test_cold_items_are_scored_from_content(name):
+    """Items held out of training entirely get no gradient; with a content item encoder they are still
+    ranked by what they are: a user's own group's cold items above the other groups' cold items."""
+    seed_everything(0)
+    log = _planted_log(n_users=120)
+    s = split(log, Protocol("t", max_seq_len=8, mask_history=True, cold_items=0.2, ks=(5, 10)))
+    cold = np.union1d(s.cold_valid_items, s.cold_test_items)
+    item_group = s.data.item_ids.astype(np.int64) // ITEMS_PER_GROUP
+    features = _group_features(s.n_items, item_group)
+    model = _build(name, s, features, item_encoder="caption", id_fusion=True, dropout=0.0)
+    train(model, s, FAST, progress=False)
+    model.eval()
+    emb = model.final()
+    # a cold item's vector is the content path's output (no ID, no neighbourhood)
+    tokens = features.tokens[torch.as_tensor(cold)].float()
+    torch.testing.assert_close(emb.items[torch.as_tensor(cold)], model.item_encoder.content_vectors(tokens))
+    if emb.bias is not None:  # untrained bias: the trained items' mean
+        assert torch.allclose(emb.bias[torch.as_tensor(cold)], emb.bias[model.trained_items].mean())
+    users = torch.arange(s.data.n_users)
+    scores = model.score_all_items(torch.full((len(users), 1), PAD), users)[:, torch.as_tensor(cold)]
+    user_group = (users % GROUPS).numpy()
+    same = torch.as_tensor(item_group[cold][None, :] == user_group[:, None])
+    # mean score of a user's own group's cold items minus the others', over users: clearly positive
+    margin = (scores * same).sum(1) / same.sum(1).clamp(min=1) - (scores * ~same).sum(1) / (~same).sum(1)
+    assert (margin > 0).float().mean() > 0.9
+
+
+def test_lightgcn_propagation_equals_the_dense_normalised_adjacency():
+    rng = np.random.default_rng(0)
+    n_users, n_items, dim = 7, 9, 5
+    users = rng.integers(0, n_users - 1, 25)  # the last user has no edges
+    items = rng.integers(0, n_items - 2, 25)  # the last two items have none (cold)
+    users, items = np.append(users, users[0]), np.append(items, items[0])  # a repeated event
+    encoder_config = ModelConfig(name="lightgcn", dim=dim, layers=3)
+    model = build_model(encoder_config, n_items, 8, n_users=n_users)
+    assert isinstance(model, LightGCN)
+    model.set_graph(users, items)
+    layer0 = torch.randn(n_users + n_items, dim, dtype=torch.float64)
+    model.adjacency = model.adjacency.double()
+    with torch.no_grad():
+        fast = model.double().propagate(layer0)
+    reference = dense_propagation(layer0, users, items, n_users, layers=3)
+    torch.testing.assert_close(fast, reference)
+    # nodes without edges keep their layer-0 vector (cold items are served from it)
+    torch.testing.assert_close(fast[n_users - 1], layer0[n_users - 1])
+    torch.testing.assert_close(fast[-2:], layer0[-2:])
+
+
+def test_lightgcn_caches_propagation_in_eval_and_drops_it_on_train():
+    s = split(_planted_log(), MASKED)
+    model = _build("lightgcn", s)
+    model.fit(s)
+    model.eval()
+    history = torch.tensor([[PAD, 1, 2]])
+    first = model.score_all_items(history, torch.tensor([0]))
+    assert model.final() is model.final()  # computed once while in eval mode
+    with torch.no_grad():
+        model.user_embedding.weight.add_(1.0)
+    torch.testing.assert_close(model.score_all_items(history, torch.tensor([0])), first)  # cached
+    model.train()
+    model.eval()
+    assert not torch.allclose(model.score_all_items(history, torch.tensor([0])), first)
+
+
+def test_bpr_loss_reads_the_valid_target_positions_of_the_windows():
+    s = split(_planted_log(), MASKED)
+    model = _build("bpr", s, negatives=3)
+    inputs = torch.tensor([[PAD, PAD, 1, 2], [4, 5, 6, 7]])
+    targets = torch.tensor([[PAD, PAD, 2, 3], [5, 6, 7, 8]])
+    seen = {}
+
+    def record(users, items):
+        seen["users"], seen["items"] = users, items
+        return torch.zeros(items.shape, requires_grad=True), None
+
+    model.pair_scores = record
+    model.loss(TrainBatch(inputs, targets, torch.tensor([10, 20])))
+    assert seen["users"].tolist() == [10, 10, 20, 20, 20, 20]
+    assert seen["items"][:, 0].tolist() == [2, 3, 5, 6, 7, 8]
+    assert seen["items"].shape == (6, 4)  # a positive and 3 negatives each
+    assert bool(model.trained_items[seen["items"][:, 1:]].all())  # negatives: items with training events
