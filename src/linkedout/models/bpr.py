@@ -205,12 +205,56 @@ class BPRMF(Recommender):
         scores = self.user_vectors(history, users) @ emb.items.T
         return scores if emb.bias is None else scores + emb.bias[None, :]
 
+    @torch.no_grad()
+    def serving_vectors(self) -> ServingVectors:
+        """The final vectors as a bundle serves them (see `ServingVectors`)."""
+        self.eval()
+        emb = self.final()
+        users, items = emb.users.float(), emb.items.float()
+        if emb.bias is None:
+            return ServingVectors(items.clone(), users.clone(), self.trained_users.clone(), False, 0.0)
+        cold_bias = float(emb.bias[self.trained_items].mean())
+        items = torch.cat([items, emb.bias.float()[:, None]], dim=1)
+        users = torch.cat([users, torch.ones(len(users), 1, device=users.device)], dim=1)
+        return ServingVectors(items, users, self.trained_users.clone(), True, cold_bias)
+
     @property
     def layer_names(self) -> tuple[str, ...]:
         return self.item_encoder.layer_names
 
     def layer_weights(self, items: torch.Tensor) -> torch.Tensor | None:
         return self.item_encoder.layer_weights(items)
+
+
+class ServingVectors(NamedTuple):
+    """What a bundle serves a pairwise model from: the bias folded into one inner product.
+
+    ``items = [q_i, b_i]`` and a user ``[p_u, 1]`` score ``<p_u, q_i> + b_i`` by a plain inner product,
+    so every top-k index (exact, FAISS) serves the model unchanged; without a bias the vectors are
+    ``q_i`` and ``p_u`` as they are."""
+
+    items: torch.Tensor  # [n_items, dim (+1)]
+    users: torch.Tensor  # [n_users, dim (+1)]: every user row, trained or not
+    trained_users: torch.Tensor  # bool [n_users]: rows to serve as they are (the rest are folded in)
+    bias_column: bool
+    cold_bias: float  # the bias column of an item with no training events (a new item)
+
+
+class FoldInUsers(nn.Module):
+    """A pairwise bundle's user side for histories, in the user encoders' shape ``(x, valid) -> [B, L, D]``:
+    position t holds the fold-in (mean) of the history's item rows up to t; with a bias column the
+    user's last coordinate is 1, as in `ServingVectors`. Parameter-free."""
+
+    def __init__(self, bias_column: bool) -> None:
+        super().__init__()
+        self.bias_column = bias_column
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        v = valid[..., None].to(x.dtype)
+        running = (x * v).cumsum(1) / v.cumsum(1).clamp(min=1.0)
+        if self.bias_column:
+            running = torch.cat([running[..., :-1], torch.ones_like(running[..., -1:])], dim=-1)
+        return running
 
 
 def trained_mask(train_counts: np.ndarray | None, n_items: int) -> torch.Tensor | None:
@@ -222,4 +266,13 @@ def trained_mask(train_counts: np.ndarray | None, n_items: int) -> torch.Tensor 
     return torch.as_tensor(np.asarray(train_counts) > 0)
 
 
-__all__ = ["BPRMF", "Embeddings", "bpr_loss", "fold_in", "target_pairs", "trained_mask"]
+__all__ = [
+    "BPRMF",
+    "Embeddings",
+    "FoldInUsers",
+    "ServingVectors",
+    "bpr_loss",
+    "fold_in",
+    "target_pairs",
+    "trained_mask",
+]

@@ -47,6 +47,7 @@ class RecRequest:
     explain: bool = True
     explain_top: int = 5
     explain_window: int | None = None  # occlude only the most recent items (None: all of them)
+    user: int | None = None  # a pairwise bundle's known user (histories row): scored with its vector
 
 
 @dataclass
@@ -62,6 +63,10 @@ class Engine:
         self.device = device  # where a rebuilt extractor runs (new videos)
         self.max_len = bundle.max_len
         self.user_encoder = bundle.user_encoder()
+        self.user_table = bundle.user_table()  # pairwise bundles: the known users' vectors
+        pairwise = bundle.pairwise or {}
+        # pairwise bundles with an item bias: a new item's row ends in the bias of an untrained item
+        self.new_item_bias = pairwise.get("cold_bias") if pairwise.get("bias_column") else None
         self.index = make_index(bundle.item_matrix, bundle.blocked, index, **index_kw)
         self.ids: list[str] = list(bundle.item_ids)
         self.row_of: dict[str, int] = {item_id: i for i, item_id in enumerate(self.ids)}
@@ -90,7 +95,8 @@ class Engine:
 
     @torch.no_grad()
     def recommend_batch(self, requests: list[RecRequest]) -> list[RecResult]:
-        users = self.user_vectors([r.history for r in requests])
+        from_history = self.user_vectors([r.history for r in requests])
+        users = self._known_users(requests, from_history)
         kmax = max(r.k for r in requests)
         scores, rows = self.index.search(users, kmax, [r.exclude for r in requests])
         results = []
@@ -100,8 +106,21 @@ class Engine:
             results.append(RecResult(i[keep].tolist(), s[keep].tolist(), None))
         explained = [b for b, r in enumerate(requests) if r.explain and results[b].rows]
         if explained:
-            self._explain(requests, results, users, explained)
+            # occlusion changes the history-based vector; a known pairwise user's own vector does not
+            # depend on the history, so its explanation is that of its history's fold-in
+            self._explain(requests, results, from_history, explained)
         return results
+
+    def _known_users(self, requests: list[RecRequest], from_history: torch.Tensor) -> torch.Tensor:
+        """``from_history`` with the rows of known users of a pairwise bundle replaced by their vectors."""
+        if self.user_table is None:
+            return from_history
+        vectors, trained = self.user_table
+        users = from_history.clone()
+        for b, r in enumerate(requests):
+            if r.user is not None and 0 <= r.user < len(trained) and trained[r.user]:
+                users[b] = vectors[r.user]
+        return users
 
     def _explain(
         self, requests: list[RecRequest], results: list[RecResult], users: torch.Tensor, which: list[int]
@@ -154,7 +173,10 @@ class Engine:
         if not torch.isfinite(t).all():
             raise BundleError("tokens contain NaN or infinity (or values beyond float16 range)")
         weights = enc.content_layer_weights(t)
-        return enc.content_vectors(t)[0], weights[0].tolist() if weights is not None else None
+        vector = enc.content_vectors(t)[0]
+        if self.new_item_bias is not None:
+            vector = torch.cat([vector, vector.new_tensor([self.new_item_bias])])
+        return vector, weights[0].tolist() if weights is not None else None
 
     def extractor(self) -> Extractor:
         """The bundle's extractor, rebuilt from the spec its feature store recorded and checked against
