@@ -3,11 +3,16 @@
 Scoring at serving time is exactly the trained model's ``score_all_items`` with the item encoder
 replaced by its precomputed output: the user encoder (same module class, bundle weights) runs on the
 item-matrix rows of the history, and the scores are ``user @ item_matrix.T`` (tests/test_serve_engine.py
-checks this against the full model). Explanations:
+checks this against the full model). Pairwise bundles (bpr, lightgcn) score a request that names a
+user of the training log with that user's trained vector, and any other history with its fold-in
+(the mean of its item rows, `FoldInUsers`); tests/test_collaborative.py checks both against the model.
+Explanations:
 
 - per recommended item, its layer weights (precomputed in the bundle, computed on add for new items);
 - per recommended item, the history items that contributed: the drop in its score when that item is
   removed from the history (occlusion, as `linkedout.explain`), all variants in one batched forward.
+  A known user of a pairwise bundle has a vector that no history item changes: occlusion then runs
+  on its history's fold-in, i.e. which watched items the recommendation is most similar to.
   Occlusion costs one user-encoder pass per history item; the server limits it to the most recent
   ``explain_window`` items (default 20), which keeps a 50-item SASRec history affordable.
 
