@@ -9,8 +9,8 @@ the user-item training graph, with torch_geometric's light graph convolution (`L
   `fit(split)` (every training event, a user's first included; repeats count once). The symmetric
   normalisation is computed once there (`gcn_norm`, no self-loops) into a sparse CSR matrix that
   `LGConv(normalize=False)` multiplies by every step. CSR rather than an edge list: torch_geometric
-  then aggregates with one sparse product instead of a scatter-add, ~10x faster for ml-100k's graph
-  on this CPU (0.04 s vs 0.4 s per layer, forward + backward, one thread).
+  then aggregates with one sparse product instead of a scatter-add (for ml-100k's graph, forward +
+  backward of one layer on one thread: ~0.04 s vs ~0.4 s, measured once on a busy 2-core machine).
 - Layer 0 of the items comes from `build_item_encoder`, so content and content+id item encoders work as
   for every other family; layer 0 of the users is a table. ``--layers`` sets K (ModelConfig.layers; not
   ``--blocks``, which means transformer blocks / GRU layers elsewhere).
