@@ -136,9 +136,10 @@ def test_cold_items_are_scored_from_content(name):
     train(model, s, FAST, progress=False)
     model.eval()
     emb = model.final()
-    # a cold item's vector is the content path's output (no ID, no neighbourhood)
+    # a cold item's vector is the content path's output (no ID, no neighbourhood; LightGCN: times alpha_0)
     tokens = features.tokens[torch.as_tensor(cold)].float()
-    torch.testing.assert_close(emb.items[torch.as_tensor(cold)], model.item_encoder.content_vectors(tokens))
+    content = model.item_encoder.content_vectors(tokens) * model.new_item_scale
+    torch.testing.assert_close(emb.items[torch.as_tensor(cold)], content)
     if emb.bias is not None:  # untrained bias: the trained items' mean
         assert torch.allclose(emb.bias[torch.as_tensor(cold)], emb.bias[model.trained_items].mean())
     users = torch.arange(s.data.n_users)
@@ -166,9 +167,10 @@ def test_lightgcn_propagation_equals_the_dense_normalised_adjacency():
         fast = model.double().propagate(layer0)
     reference = dense_propagation(layer0, users, items, n_users, layers=3)
     torch.testing.assert_close(fast, reference)
-    # nodes without edges keep their layer-0 vector (cold items are served from it)
-    torch.testing.assert_close(fast[n_users - 1], layer0[n_users - 1])
-    torch.testing.assert_close(fast[-2:], layer0[-2:])
+    # nodes without edges keep their layer-0 vector times alpha_0 (cold items are served from it)
+    torch.testing.assert_close(fast[n_users - 1], layer0[n_users - 1] / 4)
+    torch.testing.assert_close(fast[-2:], layer0[-2:] / 4)
+    assert model.new_item_scale == 1 / 4
 
 
 def test_lightgcn_caches_propagation_in_eval_and_drops_it_on_train():

@@ -127,7 +127,11 @@ def bundle_from_model(
             )
         matrix = served.items
         user_state = {"user_vectors": served.users, "trained_users": served.trained_users}
-        pairwise = {"bias_column": served.bias_column, "cold_bias": served.cold_bias}
+        pairwise = {
+            "bias_column": served.bias_column,
+            "cold_bias": served.cold_bias,
+            "new_item_scale": served.new_item_scale,
+        }
     else:
         matrix = encoder.all_items().detach().float().clone()
         user_state = {k: v.detach().clone() for k, v in model.user_encoder.state_dict().items()}
@@ -155,7 +159,7 @@ def bundle_from_model(
         if clash:
             raise BundleError(f"store items repeat dataset ids, e.g. {sorted(clash)[:5]}")
         item_ids += store_items.ids
-        store_vectors = store_items.vectors.float()
+        store_vectors = store_items.vectors.float() * pairwise.get("new_item_scale", 1.0)
         if pairwise.get("bias_column"):  # a store item has no training events: an untrained item's bias
             column = torch.full((m, 1), pairwise["cold_bias"])
             store_vectors = torch.cat([store_vectors, column], dim=1)

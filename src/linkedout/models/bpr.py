@@ -205,18 +205,24 @@ class BPRMF(Recommender):
         scores = self.user_vectors(history, users) @ emb.items.T
         return scores if emb.bias is None else scores + emb.bias[None, :]
 
+    @property
+    def new_item_scale(self) -> float:
+        """What an item with no training events keeps of its item encoder's vector (1: all of it)."""
+        return 1.0
+
     @torch.no_grad()
     def serving_vectors(self) -> ServingVectors:
         """The final vectors as a bundle serves them (see `ServingVectors`)."""
         self.eval()
         emb = self.final()
         users, items = emb.users.float(), emb.items.float()
+        trained, scale = self.trained_users.clone(), self.new_item_scale
         if emb.bias is None:
-            return ServingVectors(items.clone(), users.clone(), self.trained_users.clone(), False, 0.0)
+            return ServingVectors(items.clone(), users.clone(), trained, False, 0.0, scale)
         cold_bias = float(emb.bias[self.trained_items].mean())
         items = torch.cat([items, emb.bias.float()[:, None]], dim=1)
         users = torch.cat([users, torch.ones(len(users), 1, device=users.device)], dim=1)
-        return ServingVectors(items, users, self.trained_users.clone(), True, cold_bias)
+        return ServingVectors(items, users, trained, True, cold_bias, scale)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -238,6 +244,7 @@ class ServingVectors(NamedTuple):
     trained_users: torch.Tensor  # bool [n_users]: rows to serve as they are (the rest are folded in)
     bias_column: bool
     cold_bias: float  # the bias column of an item with no training events (a new item)
+    new_item_scale: float  # a new item's vector = its content vector times this (see LightGCN)
 
 
 class FoldInUsers(nn.Module):

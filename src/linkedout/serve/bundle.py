@@ -147,7 +147,8 @@ class Bundle:
 
     @property
     def pairwise(self) -> dict[str, Any] | None:
-        """``{"bias_column", "cold_bias"}`` for a family with a vector per user (bpr, lightgcn), else None."""
+        """``{"bias_column", "cold_bias", "new_item_scale"}`` for a family with a vector per user (bpr,
+        lightgcn), else None."""
         return self.meta.get("pairwise")
 
     def user_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:

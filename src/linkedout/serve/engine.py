@@ -72,6 +72,7 @@ class Engine:
         pairwise = bundle.pairwise or {}
         # pairwise bundles with an item bias: a new item's row ends in the bias of an untrained item
         self.new_item_bias = pairwise.get("cold_bias") if pairwise.get("bias_column") else None
+        self.new_item_scale = float(pairwise.get("new_item_scale", 1.0))  # lightgcn: alpha_0
         self.index = make_index(bundle.item_matrix, bundle.blocked, index, **index_kw)
         self.ids: list[str] = list(bundle.item_ids)
         self.row_of: dict[str, int] = {item_id: i for i, item_id in enumerate(self.ids)}
@@ -178,7 +179,7 @@ class Engine:
         if not torch.isfinite(t).all():
             raise BundleError("tokens contain NaN or infinity (or values beyond float16 range)")
         weights = enc.content_layer_weights(t)
-        vector = enc.content_vectors(t)[0]
+        vector = enc.content_vectors(t)[0] * self.new_item_scale
         if self.new_item_bias is not None:
             vector = torch.cat([vector, vector.new_tensor([self.new_item_bias])])
         return vector, weights[0].tolist() if weights is not None else None
