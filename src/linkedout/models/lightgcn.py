@@ -91,7 +91,8 @@ class LightGCN(BPRMF):
         self.layers = layers
         self.convs = nn.ModuleList([LGConv(normalize=False) for _ in range(layers)])
         # the graph of `fit`: not saved with the weights (`fit` rebuilds it from the split), and a plain
-        # attribute rather than a buffer (DDP broadcasts buffers and does not take sparse tensors)
+        # attribute rather than a buffer: DDP broadcasts every buffer at the start, and every rank
+        # builds the same graph in `fit` anyway (a sparse CSR broadcast is not worth depending on)
         self.adjacency: torch.Tensor | None = None
 
     def fit(self, split) -> None:
