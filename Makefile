@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[dev,serve,plot,faiss,postgres,ray,audio]'
+	$(BIN)/pip install -q -e '.[dev,serve,plot,faiss,postgres,ray,audio,graph]'
 	touch $(STAMP)
 
 demo: setup

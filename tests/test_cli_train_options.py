@@ -40,12 +40,22 @@ def test_every_flagged_config_field_is_listed_by_train_help():
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     assert result.exit_code == 0, result.output
     flagged = config_flags(ModelConfig) + config_flags(TrainConfig)
-    assert len(flagged) == 20  # the hyperparameters the CLI offered before they moved into the fields
+    # the 20 hyperparameters the CLI offered before they moved into the fields, + bpr/lightgcn's 2
+    assert len(flagged) == 22
     for _, flag in flagged:
         for spelling in flag.split("/"):  # "--id-fusion/--no-id-fusion": both spellings are listed
             assert spelling in result.output
     for explicit in ("--dataset", "--protocol", "--model", "--cold-items", "--json", "--run-dir", "--quiet"):
         assert explicit in result.output
+
+
+def test_mask_history_overrides_the_protocol_and_names_it(captured):
+    result = runner.invoke(app, ["train", "--model", "bpr", "--mask-history", "--layers", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert captured["protocol"].mask_history and captured["protocol"].name == "recbole[mask_history=True]"
+    assert captured["model"].layers == 2
+    runner.invoke(app, ["train", "--model", "bpr", "-q"])
+    assert not captured["protocol"].mask_history  # unset: the preset's own choice
 
 
 def test_option_values_reach_the_configs(captured):

@@ -99,12 +99,20 @@ def train_cmd(
         help="Also train on the watch events a server logged: SQLite path, sqlite:///path or postgresql://...",
     ),
     protocol: str = typer.Option("recbole", "--protocol", help="microlens | recbole"),
-    model: str = typer.Option("sasrec", "--model", help="pop | itemknn | sasrec | gru4rec | mean | twotower"),
+    model: str = typer.Option(
+        "sasrec", "--model", help="pop | itemknn | sasrec | gru4rec | mean | twotower | bpr | lightgcn"
+    ),
     # here: one option per ModelConfig / TrainConfig field declared with flag_field (see below)
     cold_items: float | None = typer.Option(None, "--cold-items", help="Hold this fraction of items out."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Save weights + run.json (for evaluate)."),
     max_len: int | None = typer.Option(None, "--max-len", help="Override the protocol's history length."),
+    mask_history: bool | None = typer.Option(
+        None,
+        "--mask-history/--no-mask-history",
+        help="Rank without the user's already-seen items (default: the protocol's choice).",
+        show_default=False,
+    ),
     sampled: int | None = typer.Option(None, "--sampled-negatives", help="Sampled metrics (inflated!)."),
     format: str | None = typer.Option(None, "--format", help="Log format when --dataset is a path."),
     min_rating: float | None = typer.Option(None, "--min-rating"),
@@ -133,7 +141,13 @@ def train_cmd(
     from linkedout.train.run import DatasetSpec, run_experiment
 
     try:
-        proto = get_protocol(protocol, max_seq_len=max_len, sampled_negatives=sampled, cold_items=cold_items)
+        proto = get_protocol(
+            protocol,
+            max_seq_len=max_len,
+            sampled_negatives=sampled,
+            cold_items=cold_items,
+            mask_history=mask_history,
+        )
         path = dataset if dataset is not None else (None if events else "ml-100k")
         spec = DatasetSpec(path=path, format=format, min_rating=min_rating, events=events)
         mc, tc = recipe(model, proto.name, **settings)  # None (unset) leaves the recipe's value

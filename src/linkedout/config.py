@@ -27,6 +27,9 @@ class ModelConfig:
     logq: bool = flag_field(False, "--logq/--no-logq", "Log-popularity correction (inbatch).")
     knn_neighbours: int = 200
     knn_history: int = 1
+    # pairwise families (bpr, lightgcn)
+    negatives: int = flag_field(1, "--negatives", "bpr, lightgcn: negatives drawn per positive.")
+    layers: int = flag_field(3, "--layers", "lightgcn: propagation layers K.")
     # item side (issue: LinkedOut item encoders); features come from a feature store
     item_encoder: str = flag_field(
         "id", "--item-encoder", "id | last | mean | dff | linkedout | caption", show_default=True

@@ -13,6 +13,10 @@ What is trained is deployed whole:
   training events. Items the run excluded from ranking stay blocked.
 - the training log's users and what they watched (`linkedout.serve.histories`), so a known user is
   served by id.
+- pairwise families (bpr, lightgcn: a vector per user): the final item vectors (LightGCN: propagated)
+  and the trained users' vectors, aligned with those histories; the item bias rides along as an extra
+  column (`ServingVectors`), so the index's plain inner product is the model's score. A request naming
+  a known user is scored with its vector, an anonymous history with the fold-in (mean of its items).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from linkedout.models.bpr import BPRMF
 from linkedout.models.sequential import SequentialRecommender
 from linkedout.serve.bundle import BUNDLE_FORMAT, Bundle, BundleError
 from linkedout.serve.histories import Histories
@@ -43,7 +48,7 @@ class StoreItems:
 
 @torch.no_grad()
 def encode_store_items(
-    model: SequentialRecommender, store_path: str, skip: set[str], chunk: int = 4096
+    model: SequentialRecommender | BPRMF, store_path: str, skip: set[str], chunk: int = 4096
 ) -> StoreItems:
     """Every item of the feature store at ``store_path`` whose id is not in ``skip``, encoded by the
     model's content path, in chunks (the store may hold far more items than fit in memory as tokens)."""
@@ -85,7 +90,7 @@ def encode_store_items(
 
 @torch.no_grad()
 def bundle_from_model(
-    model: SequentialRecommender,
+    model: SequentialRecommender | BPRMF,
     item_ids: list[str],
     *,
     max_len: int,
@@ -101,19 +106,37 @@ def bundle_from_model(
     histories: Histories | None = None,
     captions: list[str | None] | None = None,
 ) -> Bundle:
-    """A bundle from a `SequentialRecommender` in memory (the export path; also used by tests).
+    """A bundle from a `SequentialRecommender` or a pairwise `BPRMF` / `LightGCN` in memory (the export
+    path; also used by tests). A pairwise model needs ``histories``: one per user row of the model.
 
     ``cold``: bool per model item, True for items without training events; ``store_items`` are appended
     after the model's items (all cold); ``histories`` name rows of the model's items; ``captions``: one
     per row of the finished bundle (model items, then store items), like ``titles``."""
-    if not isinstance(model, SequentialRecommender):
+    if not isinstance(model, SequentialRecommender | BPRMF):
         raise BundleError(
-            f"{type(model).__name__} is not a sequential recommender (item + user encoder); "
-            "pop / itemknn runs cannot be served from a bundle"
+            f"{type(model).__name__} is neither a sequential recommender (item + user encoder) nor a "
+            "pairwise one (user + item vectors); pop / itemknn runs cannot be served from a bundle"
         )
     model.eval()
     encoder = model.item_encoder
-    matrix = encoder.all_items().detach().float().clone()
+    pairwise: dict[str, Any] = {}
+    if isinstance(model, BPRMF):
+        served = model.serving_vectors()
+        if histories is None or histories.n_users != len(served.users):
+            raise BundleError(
+                f"a {type(model).__name__} bundle needs the histories of its {len(served.users)} users "
+                "(their rows are the user vectors' rows)"
+            )
+        matrix = served.items
+        user_state = {"user_vectors": served.users, "trained_users": served.trained_users}
+        pairwise = {
+            "bias_column": served.bias_column,
+            "cold_bias": served.cold_bias,
+            "new_item_scale": served.new_item_scale,
+        }
+    else:
+        matrix = encoder.all_items().detach().float().clone()
+        user_state = {k: v.detach().clone() for k, v in model.user_encoder.state_dict().items()}
     n = matrix.shape[0]
     if len(item_ids) != n:
         raise BundleError(f"{len(item_ids)} item ids for an item matrix of {n} rows")
@@ -138,7 +161,11 @@ def bundle_from_model(
         if clash:
             raise BundleError(f"store items repeat dataset ids, e.g. {sorted(clash)[:5]}")
         item_ids += store_items.ids
-        matrix = torch.cat([matrix, store_items.vectors.float()])
+        store_vectors = store_items.vectors.float() * pairwise.get("new_item_scale", 1.0)
+        if pairwise.get("bias_column"):  # a store item has no training events: an untrained item's bias
+            column = torch.full((m, 1), pairwise["cold_bias"])
+            store_vectors = torch.cat([store_vectors, column], dim=1)
+        matrix = torch.cat([matrix, store_vectors])
         if lw is not None:
             if store_items.layer_weights is None:
                 raise BundleError("store items have no layer weights, the dataset's items do")
@@ -167,6 +194,8 @@ def bundle_from_model(
         "store_items": len(store_items.ids) if store_items is not None else 0,
         "known_users": histories.n_users if histories is not None else 0,
     }
+    if pairwise:
+        meta["pairwise"] = pairwise
     return Bundle(
         meta=meta,
         item_ids=item_ids,
@@ -174,7 +203,7 @@ def bundle_from_model(
         item_matrix=matrix,
         layer_weights=lw.float().clone() if lw is not None else None,
         blocked=blocked_t,
-        user_state={k: v.detach().clone() for k, v in model.user_encoder.state_dict().items()},
+        user_state=user_state,
         item_state=item_state,
         thumbnails=dict(thumbnails or {}),
         cold=cold_t,
@@ -204,7 +233,7 @@ def export_bundle(
         from linkedout.store import FeatureStore
 
         store_meta = FeatureStore.open(features).meta.to_json()
-        if isinstance(model, SequentialRecommender):
+        if isinstance(model, SequentialRecommender | BPRMF):
             store_items = encode_store_items(model, features, set(item_ids))
     all_ids = item_ids + (store_items.ids if store_items is not None else [])
     captions = None

@@ -1,4 +1,5 @@
-"""Models: closed-form baselines, sequential recommenders, and the registry that builds them by name."""
+"""Models: closed-form baselines, sequential and pairwise (BPR-MF, LightGCN) recommenders, and the
+registry that builds them by name."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from linkedout.config import ModelConfig
 from linkedout.models.base import ItemEncoder, Recommender, TrainBatch
 
-MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean", "twotower")
+MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean", "twotower", "bpr", "lightgcn")
 ITEM_ENCODERS = ("id", "last", "mean", "dff", "linkedout", "caption")
 
 
@@ -88,6 +89,18 @@ def build_model(
         items = build_item_encoder(config, n_items, features, train_counts)
         trained = torch.as_tensor(train_counts > 0) if train_counts is not None else None
         return SequentialRecommender(items, user, loss=config.loss, logq=logq, trained_items=trained)
+    if config.name in ("bpr", "lightgcn"):
+        from linkedout.models.bpr import BPRMF, trained_mask
+
+        if n_users is None:
+            raise ValueError(f"model {config.name!r} has a vector per user: build_model needs n_users")
+        items = build_item_encoder(config, n_items, features, train_counts)
+        kw = {"negatives": config.negatives, "trained_items": trained_mask(train_counts, n_items)}
+        if config.name == "bpr":
+            return BPRMF(items, n_users, **kw)
+        from linkedout.models.lightgcn import LightGCN
+
+        return LightGCN(items, n_users, layers=config.layers, **kw)
     raise ValueError(f"unknown model {config.name!r}; choose one of {MODELS}")
 
 

@@ -14,7 +14,10 @@ never sees half a bundle)::
                               cold bool [N] (no training events: scored from content alone);
                               the float tensors are memory-mapped when read (`map_safetensors`),
                               so worker processes of one server share one copy in the page cache
-    user_encoder.safetensors  user encoder weights (SASRec / GRU4Rec / mean)
+    user_encoder.safetensors  user encoder weights (SASRec / GRU4Rec / mean); pairwise families (bpr,
+                              lightgcn): user_vectors float32 [U, D] of the training users (rows =
+                              the histories' rows) + trained_users bool [U] (the others are folded
+                              in); bundle.json's ``pairwise`` says whether D ends in a bias column
     item_encoder.safetensors  content item encoder weights without the ID table: encodes new items
                               from their LayerTokens (cold start); absent for id-only models
     histories.safetensors     the training log's users: offsets int64 [U + 1] + items int32 (rows)
@@ -127,6 +130,19 @@ class Bundle:
                 self.histories.check_rows(self.n_items)
             except HistoryError as e:
                 raise BundleError(f"bundle{where}: {e}") from None
+        if self.pairwise is not None:
+            vectors, trained = self.user_state.get("user_vectors"), self.user_state.get("trained_users")
+            users = self.histories.n_users if self.histories is not None else -1
+            if (
+                vectors is None
+                or trained is None
+                or vectors.shape != (users, self.dim)
+                or len(trained) != users
+            ):
+                raise BundleError(
+                    f"bundle{where}: a pairwise bundle needs user_vectors [users, {self.dim}] and "
+                    f"trained_users [users] for the {max(users, 0)} users of its histories"
+                )
 
     @property
     def extractor_spec(self) -> ExtractorSpec | None:
@@ -135,7 +151,24 @@ class Bundle:
         spec = self.meta.get("extractor")
         return ExtractorSpec.from_json(spec) if spec else None
 
+    @property
+    def pairwise(self) -> dict[str, Any] | None:
+        """``{"bias_column", "cold_bias", "new_item_scale"}`` for a family with a vector per user (bpr,
+        lightgcn), else None."""
+        return self.meta.get("pairwise")
+
+    def user_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(vectors ``[U, D]``, trained ``[U]``) of the known users of a pairwise bundle, rows aligned with
+        the histories' users; None for other families (a user is its history there)."""
+        if self.pairwise is None:
+            return None
+        return self.user_state["user_vectors"].float(), self.user_state["trained_users"].bool()
+
     def user_encoder(self) -> nn.Module:
+        if self.pairwise is not None:  # a history's vector is its fold-in (models/bpr.py)
+            from linkedout.models.bpr import FoldInUsers
+
+            return FoldInUsers(bool(self.pairwise["bias_column"])).eval()
         module = build_user_encoder(self.model_config, self.max_len)
         module.load_state_dict(self.user_state)
         return module.eval().requires_grad_(False)

@@ -3,11 +3,16 @@
 Scoring at serving time is exactly the trained model's ``score_all_items`` with the item encoder
 replaced by its precomputed output: the user encoder (same module class, bundle weights) runs on the
 item-matrix rows of the history, and the scores are ``user @ item_matrix.T`` (tests/test_serve_engine.py
-checks this against the full model). Explanations:
+checks this against the full model). Pairwise bundles (bpr, lightgcn) score a request that names a
+user of the training log with that user's trained vector, and any other history with its fold-in
+(the mean of its item rows, `FoldInUsers`); tests/test_collaborative.py checks both against the model.
+Explanations:
 
 - per recommended item, its layer weights (precomputed in the bundle, computed on add for new items);
 - per recommended item, the history items that contributed: the drop in its score when that item is
   removed from the history (occlusion, as `linkedout.explain`), all variants in one batched forward.
+  A known user of a pairwise bundle has a vector that no history item changes: occlusion then runs
+  on its history's fold-in, i.e. which watched items the recommendation is most similar to.
   Occlusion costs one user-encoder pass per history item; the server limits it to the most recent
   ``explain_window`` items (default 20), which keeps a 50-item SASRec history affordable.
 
@@ -47,6 +52,7 @@ class RecRequest:
     explain: bool = True
     explain_top: int = 5
     explain_window: int | None = None  # occlude only the most recent items (None: all of them)
+    user: int | None = None  # a pairwise bundle's known user (histories row): scored with its vector
 
 
 @dataclass
@@ -62,6 +68,11 @@ class Engine:
         self.device = device  # where a rebuilt extractor runs (new videos)
         self.max_len = bundle.max_len
         self.user_encoder = bundle.user_encoder()
+        self.user_table = bundle.user_table()  # pairwise bundles: the known users' vectors
+        pairwise = bundle.pairwise or {}
+        # pairwise bundles with an item bias: a new item's row ends in the bias of an untrained item
+        self.new_item_bias = pairwise.get("cold_bias") if pairwise.get("bias_column") else None
+        self.new_item_scale = float(pairwise.get("new_item_scale", 1.0))  # lightgcn: alpha_0
         self.index = make_index(bundle.item_matrix, bundle.blocked, index, **index_kw)
         self.ids: list[str] = list(bundle.item_ids)
         self.row_of: dict[str, int] = {item_id: i for i, item_id in enumerate(self.ids)}
@@ -92,7 +103,8 @@ class Engine:
 
     @torch.no_grad()
     def recommend_batch(self, requests: list[RecRequest]) -> list[RecResult]:
-        users = self.user_vectors([r.history for r in requests])
+        from_history = self.user_vectors([r.history for r in requests])
+        users = self._known_users(requests, from_history)
         kmax = max(r.k for r in requests)
         scores, rows = self.index.search(users, kmax, [r.exclude for r in requests])
         results = []
@@ -102,8 +114,21 @@ class Engine:
             results.append(RecResult(i[keep].tolist(), s[keep].tolist(), None))
         explained = [b for b, r in enumerate(requests) if r.explain and results[b].rows]
         if explained:
-            self._explain(requests, results, users, explained)
+            # occlusion changes the history-based vector; a known pairwise user's own vector does not
+            # depend on the history, so its explanation is that of its history's fold-in
+            self._explain(requests, results, from_history, explained)
         return results
+
+    def _known_users(self, requests: list[RecRequest], from_history: torch.Tensor) -> torch.Tensor:
+        """``from_history`` with the rows of known users of a pairwise bundle replaced by their vectors."""
+        if self.user_table is None:
+            return from_history
+        vectors, trained = self.user_table
+        users = from_history.clone()
+        for b, r in enumerate(requests):
+            if r.user is not None and 0 <= r.user < len(trained) and trained[r.user]:
+                users[b] = vectors[r.user]
+        return users
 
     def _explain(
         self, requests: list[RecRequest], results: list[RecResult], users: torch.Tensor, which: list[int]
@@ -156,7 +181,10 @@ class Engine:
         if not torch.isfinite(t).all():
             raise BundleError("tokens contain NaN or infinity (or values beyond float16 range)")
         weights = enc.content_layer_weights(t)
-        return enc.content_vectors(t)[0], weights[0].tolist() if weights is not None else None
+        vector = enc.content_vectors(t)[0] * self.new_item_scale
+        if self.new_item_bias is not None:
+            vector = torch.cat([vector, vector.new_tensor([self.new_item_bias])])
+        return vector, weights[0].tolist() if weights is not None else None
 
     def extractor(self) -> Extractor:
         """The bundle's extractor, rebuilt from the spec its feature store recorded and checked against

@@ -61,6 +61,10 @@ class Histories:
     def n_users(self) -> int:
         return len(self.user_ids)
 
+    def row(self, user_id: str) -> int | None:
+        """The user's row (what a pairwise bundle's user vectors are indexed by), None when unknown."""
+        return self._row_of.get(user_id)
+
     def get(self, user_id: str) -> np.ndarray | None:
         """The user's rows, oldest first, or None for a user the training log does not have."""
         u = self._row_of.get(user_id)

@@ -140,8 +140,11 @@ async def recommend(body: RecommendRequest, state: State = Depends(get_state)) -
         raise HTTPException(422, "history is empty: give at least one item id")
     used = np.asarray(rows[-engine.max_len :], dtype=np.int64)  # the model's window: most recent last
     exclude = np.unique(np.asarray(rows, dtype=np.int64)) if body.exclude_seen else np.zeros(0, np.int64)
+    # a pairwise bundle scores a user of its training log with that user's vector, others by fold-in
+    histories = serving.bundle.histories
+    user = histories.row(body.user_id) if body.user_id is not None and histories is not None else None
     result = await serving.batcher.submit(
-        RecRequest(used, exclude, body.k, body.explain, explain_window=config.explain_window)
+        RecRequest(used, exclude, body.k, body.explain, explain_window=config.explain_window, user=user)
     )
     items = []
     for j, (row, score) in enumerate(zip(result.rows, result.scores, strict=True)):

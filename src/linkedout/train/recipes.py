@@ -30,6 +30,17 @@ RECIPES: dict[tuple[str, str], tuple[dict, dict]] = {
         {"dim": 64, "dropout": 0.1, "loss": "inbatch", "logq": True},
         {"batch_size": 128, "lr": 3e-3, "patience": 10},
     ),
+    # pairwise families: tuned on ml-100k validation under recbole with the history masked (general
+    # models rank unseen items; `linkedout train --mask-history`); batch_size counts windows (~34
+    # positives each on ml-100k), weight_decay is their L2
+    ("bpr", "*"): (
+        {"dim": 64, "negatives": 8},
+        {"batch_size": 64, "lr": 1e-2, "weight_decay": 0.1, "patience": 5},
+    ),
+    ("lightgcn", "*"): (
+        {"dim": 64, "negatives": 4, "layers": 2},
+        {"batch_size": 64, "lr": 1e-2, "weight_decay": 0.1, "patience": 5},
+    ),
 }
 
 
