@@ -99,7 +99,7 @@ def train_cmd(
         help="Also train on the watch events a server logged: SQLite path, sqlite:///path or postgresql://...",
     ),
     protocol: str = typer.Option("recbole", "--protocol", help="microlens | recbole"),
-    model: str = typer.Option("sasrec", "--model", help="pop | itemknn | sasrec | gru4rec | mean"),
+    model: str = typer.Option("sasrec", "--model", help="pop | itemknn | sasrec | gru4rec | mean | tiger"),
     # here: one option per ModelConfig / TrainConfig field declared with flag_field (see below)
     cold_items: float | None = typer.Option(None, "--cold-items", help="Hold this fraction of items out."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here."),

@@ -8,7 +8,7 @@ import torch
 from linkedout.config import ModelConfig
 from linkedout.models.base import ItemEncoder, Recommender, TrainBatch
 
-MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean")
+MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean", "tiger")
 ITEM_ENCODERS = ("id", "last", "mean", "dff", "linkedout", "caption")
 
 
@@ -88,6 +88,10 @@ def build_model(
         items = build_item_encoder(config, n_items, features, train_counts)
         trained = torch.as_tensor(train_counts > 0) if train_counts is not None else None
         return SequentialRecommender(items, user, loss=config.loss, logq=logq, trained_items=trained)
+    if config.name == "tiger":
+        from linkedout.models.tiger import build_tiger
+
+        return build_tiger(config, n_items, max_len, train_counts, features)
     raise ValueError(f"unknown model {config.name!r}; choose one of {MODELS}")
 
 

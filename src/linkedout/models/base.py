@@ -133,3 +133,8 @@ class Recommender(nn.Module):
     def layer_weights(self, items: torch.Tensor) -> torch.Tensor | None:
         """``[N, L]`` layer weights of ``items`` for explanations, None when the model has no layers."""
         return None
+
+    def unscorable_items(self) -> torch.Tensor:
+        """Item indices the model can never score, known once built (e.g. TIGER over ID vectors: an
+        item without training events has no semantic ID); runs exclude them from ranking and count them."""
+        return torch.zeros(0, dtype=torch.long)

@@ -26,6 +26,10 @@ RECIPES: dict[tuple[str, str], tuple[dict, dict]] = {
     ("gru4rec", "recbole"): ({"dim": 64, "dropout": 0.2}, {"batch_size": 32, "lr": 2e-3, "patience": 10}),
     ("gru4rec", "microlens"): ({"dim": 64, "dropout": 0.2}, {"batch_size": 32, "lr": 1e-3, "patience": 10}),
     ("mean", "*"): ({"dim": 64}, {"batch_size": 32, "lr": 1e-3}),
+    ("tiger", "*"): (
+        {"dim": 64, "dropout": 0.2, "code_levels": 3, "codebook_size": 64, "beam": 20},
+        {"batch_size": 64, "lr": 2e-3, "patience": 5},
+    ),
 }
 
 
