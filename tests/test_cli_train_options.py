@@ -40,7 +40,9 @@ def test_every_flagged_config_field_is_listed_by_train_help():
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     assert result.exit_code == 0, result.output
     flagged = config_flags(ModelConfig) + config_flags(TrainConfig)
-    assert len(flagged) == 20  # the hyperparameters the CLI offered before they moved into the fields
+    # the hyperparameters the CLI offered before they moved into the fields, + tiger's 3 (code levels,
+    # codebook size, beam)
+    assert len(flagged) == 20 + 3
     for _, flag in flagged:
         for spelling in flag.split("/"):  # "--id-fusion/--no-id-fusion": both spellings are listed
             assert spelling in result.output

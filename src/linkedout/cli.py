@@ -382,7 +382,11 @@ def explain_cmd(
         f"[bold]user {user}[/bold]: history (oldest first) {[title(i) for i in explanation.history]}"
     )
     table = Table(title=f"top {k} for user {user} ({saved.model} + {saved.item_encoder})")
-    for col in ("#", "item", "score", "because of (score drop if removed)", "top layers"):
+    generative = any(rec.generation_path for rec in explanation.recommendations)
+    columns = ["#", "item", "score", "because of (score drop if removed)", "top layers"]
+    if generative:  # TIGER: the semantic-ID path the model generated
+        columns.append("code path: code (log-prob, items sharing the prefix)")
+    for col in columns:
         table.add_column(col)
     for n, rec in enumerate(explanation.recommendations, 1):
         because = ", ".join(f"{title(h)} ({d:+.2f})" for h, d in rec.contributions[:3])
@@ -390,7 +394,13 @@ def explain_cmd(
         if rec.layer_weights is not None:
             top = np.argsort(rec.layer_weights)[::-1][:3]
             layers = ", ".join(f"{names[i] if names else i}: {rec.layer_weights[i]:.2f}" for i in top)
-        table.add_row(str(n), title(rec.item), f"{rec.score:.3f}", because, layers)
+        cells = [str(n), title(rec.item), f"{rec.score:.3f}", because, layers]
+        if generative:
+            steps = rec.generation_path or ()
+            cells.append(
+                " > ".join(f"{s['code']} ({s['log_prob']:.2f}, {s['items_sharing_prefix']})" for s in steps)
+            )
+        table.add_row(*cells)
     console.print(table)
     if explanation.user_layer_weights is not None:
         pairs = ", ".join(

@@ -134,6 +134,18 @@ class Recommender(nn.Module):
         """``[N, L]`` layer weights of ``items`` for explanations, None when the model has no layers."""
         return None
 
+    def score_items(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` scores of ``items [B, M]`` after each history: the matching entries of
+        `score_all_items`. A family whose full ranking is approximate (TIGER's beam) overrides this
+        with exact scores, so occlusion explanations compare finite numbers."""
+        return self.score_all_items(history).gather(1, items)
+
+    def generation_path(self, history: torch.Tensor, items: torch.Tensor) -> list[list[dict]] | None:
+        """How a generative model produced each of ``items`` for one history ``[L]`` (TIGER: per
+        level, the code followed, its log-probability, the items sharing that prefix); None for
+        models that score items rather than generate them."""
+        return None
+
     def unscorable_items(self) -> torch.Tensor:
         """Item indices the model can never score, known once built (e.g. TIGER over ID vectors: an
         item without training events has no semantic ID); runs exclude them from ranking and count them."""

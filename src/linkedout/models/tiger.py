@@ -29,7 +29,7 @@ Design (a reconstruction at ml-100k scale, not the paper's T5):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -377,8 +377,8 @@ class TIGER(Recommender):
         flat = items.reshape(-1)
         rows = torch.arange(b * m, device=items.device)[:, None]
         log_probs = self._level_log_probs(states[rows, at], None, self.trie.path[flat], self.trie)
-        picked = log_probs.gather(2, self.codes[flat][..., None]).squeeze(2)  # [B*M, C]
-        return picked.view(b, m, c)
+        picked = log_probs.gather(2, self.codes[flat].clamp(min=0)[..., None]).squeeze(2)  # [B*M, C]
+        return picked.view(b, m, c)  # an uncoded item: -inf (its trie path is the dead node)
 
     def exhaustive_scores(self, history: torch.Tensor) -> torch.Tensor:
         """``[B, n_items]`` log-probability of every catalogue item (-inf: uncoded, or masked history)."""
@@ -391,6 +391,13 @@ class TIGER(Recommender):
         out[:, items] = scores
         return out
 
+    def score_items(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Exact log-probabilities of ``items [B, M]`` (coded items), inside the beam or not."""
+        return self.code_log_probs(history, items).sum(-1)
+
+    def generation_path(self, history: torch.Tensor, items: torch.Tensor) -> list[list[dict]]:
+        return [[asdict(step) for step in steps] for steps in self.code_paths(history, items)]
+
     @torch.no_grad()
     def code_paths(self, history: torch.Tensor, items: torch.Tensor) -> list[list[CodeStep]]:
         """Explanation of each of ``items`` (coded item indices) for one history ``[L]``: per level,
@@ -399,6 +406,9 @@ class TIGER(Recommender):
         log_probs = self.code_log_probs(history.reshape(1, -1), items.reshape(1, -1))[0]
         out = []
         for item, row in zip(items.tolist(), log_probs.tolist(), strict=True):
+            if int(self.trie.path[item, 0]) < 0:
+                out.append([])  # no semantic ID: never generated
+                continue
             codes = self.codes[item].tolist()
             path = [*self.trie.path[item].tolist(), None]
             steps = []
