@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from linkedout.cli import app
 from linkedout.config import ModelConfig
 from linkedout.data.batches import PAD
 from linkedout.data.interactions import Interactions
@@ -243,10 +245,10 @@ def test_loss_decreases_and_the_planted_next_item_comes_first():
     seqs = (torch.arange(6)[None] + torch.randint(0, n, (64, 1))) % n
     window = ring[seqs]
     batch = TrainBatch(window[:, :-1], window[:, 1:])
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     model.train()
     first = model.loss(batch).item()
-    for _ in range(120):
+    for _ in range(60):
         optimizer.zero_grad()
         loss = model.loss(batch)
         loss.backward()
@@ -280,6 +282,11 @@ def test_saved_run_reevaluates_to_the_same_metrics_and_export_refuses(tmp_path):
     assert evaluate(model, data_split, "valid") == pytest.approx(saved.valid_metrics, abs=0)
     with pytest.raises(BundleError, match="tiger"):
         export_bundle(run_dir, tmp_path / "bundle")
+    shown = CliRunner().invoke(
+        app, ["explain", "--run", str(run_dir), "--user", "3", "--k", "3"], env={"COLUMNS": "250"}
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "code path" in shown.output
 
 
 def test_a_beam_narrower_than_the_protocols_k_is_refused():
