@@ -7,6 +7,8 @@ recommendation came from.
   that item is removed from the history (occlusion: exact for any user encoder, one batched forward of
   L histories). Layers that mattered for the recommendation = the recommended item's own gate, and the
   contribution-weighted gate of the history items that pushed it up.
+- Generative models (TIGER): the semantic-ID path the model followed to each recommended item, per
+  level the code, its log-probability and how many catalogue items share the prefix so far.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@
   gradient-trained models return without doing anything there and learn through ``loss``.
 - ``layer_weights(items)`` / ``layer_names``: which depth of knowledge each item leaned on (None / ()
   for models without layers), what explanations and the bundle read.
+- ``score_items(history, items)`` (exact scores of given items; what occlusion explanations read),
+  ``generation_path`` (a generative model's code path to an item) and ``unscorable_items`` (items the
+  model can never rank, excluded by runs) have defaults every scoring family keeps.
 
 `ItemEncoder` is what every user encoder, the trainer, the explainer, the export and the server see of
 the item side; nothing outside an encoder probes it for attributes. Content encoders (those that can
