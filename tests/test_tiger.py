@@ -272,12 +272,16 @@ def test_saved_run_reevaluates_to_the_same_metrics_and_export_refuses(tmp_path):
         lines += [f"{u},{(start + t) % 30},{t}" for t in range(9)]
     log = tmp_path / "log.csv"
     log.write_text("\n".join(lines) + "\n")
-    protocol = Protocol(name="recbole", max_seq_len=8)
+    protocol = Protocol(name="recbole", max_seq_len=8, cold_items=0.2)
     mc, tc = recipe("tiger", "recbole", code_levels=2, codebook_size=8, dim=16, epochs=2, batch_size=16)
     run_dir = tmp_path / "run"
     result = run_experiment(DatasetSpec(path=str(log)), protocol, mc, tc, run_dir=run_dir, progress=False)
     model, data_split, saved = load_run(run_dir)
     assert json.loads((run_dir / "run.json").read_text())["model_config"]["beam"] == 20
+    # ID-only semantic IDs come from training events: cold items have none, are excluded, never ranked
+    cold = np.union1d(data_split.cold_valid_items, data_split.cold_test_items)
+    assert np.isin(cold, data_split.excluded_items).all() and result.data["excluded_items"] >= len(cold)
+    assert result.metrics_cold["HR@20"] == 0.0 and result.metrics["HR@20"] > 0
     assert evaluate(model, data_split, "test") == pytest.approx(result.metrics, abs=0)
     assert evaluate(model, data_split, "valid") == pytest.approx(saved.valid_metrics, abs=0)
     with pytest.raises(BundleError, match="tiger"):
