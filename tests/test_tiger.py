@@ -70,9 +70,11 @@ def test_semantic_ids_are_unique_deterministic_and_duplicates_collide():
     assert (ids[10, :2] == ids[11, :2]).all() and (ids[11, :2] == ids[12, :2]).all()
     assert sorted(ids[[10, 11, 12], 2]) == [0, 1, 2]
     np.testing.assert_array_equal(ids, semantic_ids(vectors, coded, 2, 8, seed=3))
-    # residual levels quantise what the earlier levels left over: the error shrinks level by level
+    # each residual level splits the earlier levels' clusters further
     codes = residual_kmeans(vectors, 3, 8, seed=0)
     assert codes.shape == (200, 3) and codes.max() < 8
+    distinct = [len({tuple(r) for r in codes[:, : level + 1]}) for level in range(3)]
+    assert distinct[0] <= 8 < distinct[1] < distinct[2]
 
 
 def _features(tokens: np.ndarray) -> ItemFeatures:
