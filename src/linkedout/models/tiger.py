@@ -20,11 +20,14 @@ Design (a reconstruction at ml-100k scale, not the paper's T5):
   item, so a cold item is reachable through its content codes.
 - ``score_all_items``: the ``beam`` items' log-probabilities, -inf for every other item. Items outside
   the beam therefore rank after all beam items (train/metrics.py breaks -inf ties by item index, and a
-  target outside the beam ranks >= beam), so HR/NDCG@k are exact for k <= beam; `fit` refuses a beam
-  smaller than the protocol's largest k. When the protocol masks the history, history items are
-  removed at the last level so the beam's width is spent on items that will be ranked.
+  target outside the beam ranks >= beam), so HR/NDCG@k of the beam's ranking are exact for
+  k <= beam; `fit` refuses a beam smaller than the protocol's largest k. When the protocol masks the
+  history, history items are removed at the last level so the beam's width goes to rankable items.
 - `exhaustive_scores` is the reference: every catalogue item's log-probability by teacher forcing
   the whole stream (no cache, no beam); tests check beam search against it.
+- The semantic IDs are a buffer of the model: `fit` computes them, the checkpoint saves them, so a
+  reloaded run (`linkedout evaluate --run`) decodes over exactly the codes it trained on. There is no
+  bundle format for this family yet: `linkedout export` refuses tiger runs.
 """
 
 from __future__ import annotations
