@@ -100,7 +100,9 @@ def train_cmd(
     ),
     protocol: str = typer.Option("recbole", "--protocol", help="microlens | recbole"),
     model: str = typer.Option(
-        "sasrec", "--model", help="pop | itemknn | sasrec | gru4rec | mean | twotower | bpr | lightgcn"
+        "sasrec",
+        "--model",
+        help="pop | itemknn | sasrec | gru4rec | mean | twotower | bpr | lightgcn | tiger",
     ),
     # here: one option per ModelConfig / TrainConfig field declared with flag_field (see below)
     cold_items: float | None = typer.Option(None, "--cold-items", help="Hold this fraction of items out."),
@@ -429,7 +431,10 @@ def explain_cmd(
         f"[bold]user {user}[/bold]: history (oldest first) {[title(i) for i in explanation.history]}"
     )
     table = Table(title=f"top {k} for user {user} ({saved.model} + {saved.item_encoder})")
+    generative = any(rec.generation_path for rec in explanation.recommendations)
     columns = ["#", "item", "score", "because of (score drop if removed)", "top layers"]
+    if generative:  # TIGER: the semantic-ID path the model generated
+        columns.append("code path: code (log-prob, items sharing the prefix)")
     for col in columns + (["caption"] if captions else []):
         table.add_column(col)
     for n, rec in enumerate(explanation.recommendations, 1):
@@ -439,6 +444,11 @@ def explain_cmd(
             top = np.argsort(rec.layer_weights)[::-1][:3]
             layers = ", ".join(f"{names[i] if names else i}: {rec.layer_weights[i]:.2f}" for i in top)
         cells = [str(n), title(rec.item), f"{rec.score:.3f}", because, layers]
+        if generative:
+            steps = rec.generation_path or ()
+            cells.append(
+                " > ".join(f"{s['code']} ({s['log_prob']:.2f}, {s['items_sharing_prefix']})" for s in steps)
+            )
         table.add_row(*cells, *([caption(rec.item)] if captions else []))
     if captions:  # what the Video-LLM wrote about the history's videos
         for i in dict.fromkeys(explanation.history):  # each video once, oldest first

@@ -44,6 +44,10 @@ class ModelConfig:
     temperature: float = 1.0  # linkedout: gate softmax temperature
     top_k: int | None = flag_field(None, "--top-k", "linkedout: keep the top-k layers per item.")
     balance: float = 0.0  # linkedout: load-balancing weight
+    # tiger: semantic IDs (residual k-means levels x codebook size, + a collision code) and beam width
+    code_levels: int = flag_field(3, "--code-levels", "tiger: residual k-means levels of semantic IDs.")
+    codebook_size: int = flag_field(64, "--codebook-size", "tiger: codes per level.")
+    beam: int = flag_field(20, "--beam", "tiger: beam width (>= the largest k evaluated).")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict: what run.json and bundle.json store."""

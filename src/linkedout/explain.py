@@ -7,6 +7,8 @@ recommendation came from.
   that item is removed from the history (occlusion: exact for any user encoder, one batched forward of
   L histories). Layers that mattered for the recommendation = the recommended item's own gate, and the
   contribution-weighted gate of the history items that pushed it up.
+- Generative models (TIGER): the semantic-ID path the model followed to each recommended item, per
+  level the code, its log-probability and how many catalogue items share the prefix so far.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Recommendation:
     score: float
     contributions: list[tuple[int, float]]  # (history item index, score drop when removed), largest first
     layer_weights: list[float] | None = None
+    generation_path: list[dict] | None = None  # generative models: the code path to the item, per level
 
 
 @dataclass
@@ -66,7 +69,8 @@ def explain_history(
     if exclude is not None and len(exclude):
         scores[torch.as_tensor(exclude, dtype=torch.long)] = float("-inf")
     top = torch.topk(scores, min(k, len(scores))).indices
-    occluded = model.score_all_items(torch.as_tensor(variants))[:, top]  # [L, k]
+    occluded = model.score_items(torch.as_tensor(variants), top[None].expand(length, -1))  # [L, k]
+    paths = model.generation_path(full[0], top)
     drops = (scores[top][None, :] - occluded).numpy()  # [L, k]
     weights = model.layer_weights(torch.as_tensor(np.concatenate([top.numpy(), history]), dtype=torch.long))
     recs = []
@@ -74,7 +78,8 @@ def explain_history(
         order = np.argsort(-drops[:, j])
         contributions = [(int(history[t]), float(drops[t, j])) for t in order]
         lw = weights[j].tolist() if weights is not None else None
-        recs.append(Recommendation(item, float(scores[item]), contributions, lw))
+        path = paths[j] if paths is not None else None
+        recs.append(Recommendation(item, float(scores[item]), contributions, lw, path))
     explanation = Explanation(user, history.tolist(), recs, layer_names)
     if weights is not None:
         hist_w = weights[len(top) :].numpy()

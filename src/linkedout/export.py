@@ -225,6 +225,11 @@ def export_bundle(
     from linkedout.train.run import DatasetSpec, load_run
 
     model, data_split, saved = load_run(Path(run_dir))
+    if saved.model == "tiger":
+        raise BundleError(
+            f"{run_dir} is a tiger run: generative retrieval (beam search over semantic IDs) has no "
+            "bundle format or serving endpoint yet; re-score it with `linkedout evaluate --run`"
+        )
     item_ids = [str(x) for x in data_split.data.item_ids.tolist()]
     store_meta = None
     store_items = None

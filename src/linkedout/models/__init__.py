@@ -9,7 +9,7 @@ import torch
 from linkedout.config import ModelConfig
 from linkedout.models.base import ItemEncoder, Recommender, TrainBatch
 
-MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean", "twotower", "bpr", "lightgcn")
+MODELS = ("pop", "itemknn", "sasrec", "gru4rec", "mean", "twotower", "bpr", "lightgcn", "tiger")
 ITEM_ENCODERS = ("id", "last", "mean", "dff", "linkedout", "caption")
 
 
@@ -101,6 +101,10 @@ def build_model(
         from linkedout.models.lightgcn import LightGCN
 
         return LightGCN(items, n_users, layers=config.layers, **kw)
+    if config.name == "tiger":
+        from linkedout.models.tiger import build_tiger
+
+        return build_tiger(config, n_items, max_len, train_counts, features)
     raise ValueError(f"unknown model {config.name!r}; choose one of {MODELS}")
 
 

@@ -14,6 +14,9 @@
   gradient-trained models return without doing anything there and learn through ``loss``.
 - ``layer_weights(items)`` / ``layer_names``: which depth of knowledge each item leaned on (None / ()
   for models without layers), what explanations and the bundle read.
+- ``score_items(history, items)`` (exact scores of given items; what occlusion explanations read),
+  ``generation_path`` (a generative model's code path to an item) and ``unscorable_items`` (items the
+  model can never rank, excluded by runs) have defaults every scoring family keeps.
 
 `ItemEncoder` is what every user encoder, the trainer, the explainer, the export and the server see of
 the item side; nothing outside an encoder probes it for attributes. Content encoders (those that can
@@ -133,3 +136,20 @@ class Recommender(nn.Module):
     def layer_weights(self, items: torch.Tensor) -> torch.Tensor | None:
         """``[N, L]`` layer weights of ``items`` for explanations, None when the model has no layers."""
         return None
+
+    def score_items(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` scores of ``items [B, M]`` after each history: the matching entries of
+        `score_all_items`. A family whose full ranking is approximate (TIGER's beam) overrides this
+        with exact scores, so occlusion explanations compare finite numbers."""
+        return self.score_all_items(history).gather(1, items)
+
+    def generation_path(self, history: torch.Tensor, items: torch.Tensor) -> list[list[dict]] | None:
+        """How a generative model produced each of ``items`` for one history ``[L]`` (TIGER: per
+        level, the code followed, its log-probability, the items sharing that prefix); None for
+        models that score items rather than generate them."""
+        return None
+
+    def unscorable_items(self) -> torch.Tensor:
+        """Item indices the model can never score, known once built (e.g. TIGER over ID vectors: an
+        item without training events has no semantic ID); runs exclude them from ranking and count them."""
+        return torch.zeros(0, dtype=torch.long)

@@ -191,6 +191,9 @@ def build_for_split(
         if not fallback:
             missing = np.flatnonzero(~features.present.numpy())
             data_split = replace(data_split, excluded_items=np.union1d(data_split.excluded_items, missing))
+    unscorable = model.unscorable_items().numpy()
+    if len(unscorable):
+        data_split = replace(data_split, excluded_items=np.union1d(data_split.excluded_items, unscorable))
     return model, data_split, features_record(features)
 
 
