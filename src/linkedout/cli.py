@@ -106,6 +106,9 @@ def train_cmd(
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Save weights + run.json (for evaluate)."),
     max_len: int | None = typer.Option(None, "--max-len", help="Override the protocol's history length."),
     sampled: int | None = typer.Option(None, "--sampled-negatives", help="Sampled metrics (inflated!)."),
+    mask_history: bool | None = typer.Option(
+        None, "--mask-history/--no-mask-history", help="Override the protocol's history masking."
+    ),
     format: str | None = typer.Option(None, "--format", help="Log format when --dataset is a path."),
     min_rating: float | None = typer.Option(None, "--min-rating"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -133,7 +136,13 @@ def train_cmd(
     from linkedout.train.run import DatasetSpec, run_experiment
 
     try:
-        proto = get_protocol(protocol, max_seq_len=max_len, sampled_negatives=sampled, cold_items=cold_items)
+        proto = get_protocol(
+            protocol,
+            max_seq_len=max_len,
+            sampled_negatives=sampled,
+            cold_items=cold_items,
+            mask_history=mask_history,
+        )
         path = dataset if dataset is not None else (None if events else "ml-100k")
         spec = DatasetSpec(path=path, format=format, min_rating=min_rating, events=events)
         mc, tc = recipe(model, proto.name, **settings)  # None (unset) leaves the recipe's value
