@@ -149,8 +149,14 @@ CORNAC_MODELS = {
     "TIGER": {"tokenizer": "rkmeans", "n_epochs": 10, "max_len": 50, "val_eval_every": 5},
 }
 IMPLICIT_MODELS = {
-    "bpr": {"factors": 64, "learning_rate": 0.01, "regularization": 0.01, "max_epochs": 1000},
-    "als": {"factors": 64, "regularization": 0.01, "alpha": 1.0, "max_epochs": 100},
+    "bpr": {
+        "factors": 64,
+        "learning_rate": 0.01,
+        "regularization": 0.01,
+        "eval_every": 5,
+        "max_epochs": 1000,
+    },
+    "als": {"factors": 64, "regularization": 0.01, "alpha": 1.0, "eval_every": 1, "max_epochs": 100},
 }
 
 
@@ -315,6 +321,26 @@ def _read_split_tsv(folder: str) -> dict[str, list[tuple[str, str, float]]]:
     return out
 
 
+def _reference_metrics(scores, targets, seen) -> tuple[float, float]:
+    """NDCG@10 and HR@10 from a full score matrix, plain numpy: the peer's evaluator cross-checked.
+    ``scores`` [n_users, n_items], ``targets`` [n_users] (-1 = no held-out item), ``seen``: per user
+    the item columns masked from the ranking. A tie with the target counts against it."""
+    import numpy as np
+
+    ndcg, hits, n = 0.0, 0, 0
+    for row, target in enumerate(targets.tolist()):
+        if target < 0:
+            continue
+        s = scores[row].astype(np.float64).copy()
+        s[seen[row]] = -np.inf
+        rank = int((s >= s[target]).sum()) - 1
+        n += 1
+        if rank < 10:
+            hits += 1
+            ndcg += 1.0 / np.log2(rank + 2)
+    return round(ndcg / n, 4), round(hits / n, 4)
+
+
 def _early_stopping_loop(train_chunk, validate, snapshot, restore, eval_every, max_epochs, patience):
     """Train ``eval_every`` epochs at a time, validate, keep the best snapshot; stop after
     ``patience`` validations without improvement. Returns (best_epoch, best_valid, s_to_best, trace)."""
@@ -373,14 +399,19 @@ def child_cornac(spec: dict) -> dict:
         **modality,
     )
     train_set, val_set, test_set = method.train_set, method.val_set, method.test_set
+    # from_splits builds train, then test, then validation, so the test set's item count misses the
+    # items seen only in validation; cornac 3.0.1's ranking_eval sizes its masks by that count and
+    # fails on them (IndexError) unless unknowns are dropped. Every item is a candidate on the other
+    # sides, so the test set is told the full count (its matrix is built lazily from it).
+    test_set.num_items = val_set.num_items = method.total_items
     if spec["model"] == "BPR":
         model = cornac.models.BPR(max_iter=eval_every, seed=seed, num_threads=spec["threads"], **hp)
     else:
-        model = cornac.models.VBPR(n_epochs=eval_every, seed=seed, use_gpu=False, **hp)
+        model = cornac.models.VBPR(n_epochs=eval_every, seed=seed, use_gpu=False, verbose=False, **hp)
     metrics = [NDCG(k=10), HitRatio(k=10)]
 
     def validate() -> float:
-        return float(ranking_eval(model, metrics, train_set, val_set)[0][0])
+        return float(ranking_eval(model, metrics, train_set, val_set, exclude_unknowns=False)[0][0])
 
     names = (
         ("u_factors", "i_factors", "i_biases")
@@ -404,7 +435,17 @@ def child_cornac(spec: dict) -> dict:
     best_epoch, best_valid, s_to_best, trace, fit_s = _early_stopping_loop(
         lambda n: model.fit(train_set, val_set), validate, snapshot, restore, eval_every, max_epochs, patience
     )
-    test_avg, _ = ranking_eval(model, metrics, train_set, test_set, val_set=val_set)
+    # exclude_unknowns=False here too: its default drops the held-out items never seen in training
+    test_avg, _ = ranking_eval(model, metrics, train_set, test_set, val_set=val_set, exclude_unknowns=False)
+    n_users = method.total_users
+    targets = np.full(n_users, -1, dtype=np.int64)
+    targets[test_set.uir_tuple[0]] = test_set.uir_tuple[1]
+    seen: list[list[int]] = [[] for _ in range(n_users)]
+    for ds in (train_set, val_set):
+        for u, i in zip(ds.uir_tuple[0].tolist(), ds.uir_tuple[1].tolist(), strict=True):
+            seen[u].append(i)
+    scores = np.stack([model.score(u) for u in range(n_users)])
+    reference = _reference_metrics(scores, targets, seen)
     inv_u = {v: k for k, v in train_set.uid_map.items()}
     inv_i = {v: k for k, v in train_set.iid_map.items()}
     dump: dict[str, dict] = {}
@@ -418,6 +459,7 @@ def child_cornac(spec: dict) -> dict:
     return {
         "ndcg10": round(float(test_avg[0]), 4),
         "hr10": round(float(test_avg[1]), 4),
+        "reference_ndcg10_hr10": reference,
         "best_valid_ndcg10": round(best_valid, 4),
         "best_epoch": best_epoch,
         "epochs_run": trace[-1][0] if trace else 0,
@@ -529,7 +571,7 @@ def child_implicit(spec: dict) -> dict:
         matrix("train", "valid"),
     )
     hp = dict(IMPLICIT_MODELS[spec["model"]])
-    max_epochs = hp.pop("max_epochs")
+    max_epochs, eval_every = hp.pop("max_epochs"), hp.pop("eval_every")
     common = {"random_state": spec["seed"], "num_threads": spec["threads"], "iterations": max_epochs}
     if spec["model"] == "bpr":
         model = implicit.cpu.bpr.BayesianPersonalizedRanking(**hp, **common)
@@ -540,6 +582,8 @@ def child_implicit(spec: dict) -> dict:
     state = {"best": -1.0, "since": 0, "trace": []}
 
     def callback(epoch, *_):
+        if (epoch + 1) % eval_every:
+            return
         score = ndcg_at_k(model, train, valid, K=10, show_progress=False, num_threads=1)
         state["trace"].append([epoch + 1, round(time.time() - start, 2), round(float(score), 4)])
         if score > state["best"]:
@@ -558,6 +602,13 @@ def child_implicit(spec: dict) -> dict:
         model._user_norms = model._item_norms = None
     ndcg = ndcg_at_k(model, seen_at_test, test, K=10, show_progress=False, num_threads=1)
     hr = precision_at_k(model, seen_at_test, test, K=10, show_progress=False, num_threads=1)
+    targets = np.full(len(users), -1, dtype=np.int64)
+    test_coo = test.tocoo()
+    targets[test_coo.row] = test_coo.col
+    seen = [
+        seen_at_test.indices[seen_at_test.indptr[r] : seen_at_test.indptr[r + 1]] for r in range(len(users))
+    ]
+    reference = _reference_metrics(np.asarray(model.user_factors @ model.item_factors.T), targets, seen)
     dump: dict[str, dict] = {}
     for part, m in (("train", train), ("valid", valid), ("test", test)):
         coo = m.tocoo()
@@ -570,9 +621,10 @@ def child_implicit(spec: dict) -> dict:
     return {
         "ndcg10": round(float(ndcg), 4),
         "hr10": round(float(hr), 4),
+        "reference_ndcg10_hr10": reference,
         "best_valid_ndcg10": round(state["best"], 4),
         "best_epoch": state.get("epoch"),
-        "epochs_run": len(state["trace"]),
+        "epochs_run": state["trace"][-1][0] if state["trace"] else 0,
         "s_to_best": state.get("s_to_best"),
         "fit_s": fit_s,
         "total_s": round(time.time() - t_proc, 2),
@@ -832,7 +884,7 @@ def _row(side: str, model: str, masking: str, seed: int, got: dict, cmd: list[st
     row["peak_rss_mb"] = got.get("peak_rss_mb")
     row.update(extra)
     row["child_command"] = " ".join(cmd)
-    for k in ("settings", "versions", "ranked_items", "test", "epoch_trace"):
+    for k in ("reference_ndcg10_hr10", "settings", "versions", "ranked_items", "test", "epoch_trace"):
         if k in got:
             row[k] = got[k]
     return row
