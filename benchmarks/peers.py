@@ -95,7 +95,6 @@ RECBOLE_BASE = {
     "user_inter_num_interval": "[0,inf)",
     "item_inter_num_interval": "[0,inf)",
     "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-    "repeatable": True,
     "metrics": ["Hit", "NDCG", "MRR"],
     "topk": [10, 20],
     "valid_metric": "NDCG@10",
@@ -110,10 +109,18 @@ RECBOLE_BASE = {
     "normalize_all": True,
 }
 # RecBole's own defaults (properties/model/*.yaml), repeated so the config is explicit
+# `repeatable` picks RecBole's evaluation sampler: False (its default) masks each user's earlier items
+# at evaluation, True (what recbole_reference.py uses for SASRec) masks nothing. General models: False.
 RECBOLE_MODELS = {
-    "BPR": {"embedding_size": 64, "train_batch_size": 2048},
-    "LightGCN": {"embedding_size": 64, "n_layers": 2, "reg_weight": 1e-05, "train_batch_size": 2048},
-    "Pop": {"train_batch_size": 2048, "epochs": 1},
+    "BPR": {"embedding_size": 64, "train_batch_size": 2048, "repeatable": False},
+    "LightGCN": {
+        "embedding_size": 64,
+        "n_layers": 2,
+        "reg_weight": 1e-05,
+        "train_batch_size": 2048,
+        "repeatable": False,
+    },
+    "Pop": {"train_batch_size": 2048, "epochs": 1, "repeatable": False},
     "SASRec": {
         "hidden_size": 64,
         "inner_size": 256,
@@ -124,6 +131,7 @@ RECBOLE_MODELS = {
         "hidden_act": "gelu",
         "layer_norm_eps": 1e-12,
         "initializer_range": 0.02,
+        "repeatable": True,
         "loss_type": "CE",
         "train_neg_sample_args": None,
         "MAX_ITEM_LIST_LENGTH": 50,
@@ -145,8 +153,9 @@ CORNAC_MODELS = {
         "eval_every": 5,
         "max_epochs": 300,
     },
-    # GRID_CONFIG-like small model: a smoke test here, not a converged TIGER
-    "TIGER": {"tokenizer": "rkmeans", "n_epochs": 10, "max_len": 50, "val_eval_every": 5},
+    # cornac's GRID_CONFIG (rkmeans tokenizer, Adam 5e-4, best-on-validation epoch) with the epoch
+    # count from --tiger-epochs: a smoke test here, not a converged TIGER
+    "TIGER": {},
 }
 IMPLICIT_MODELS = {
     "bpr": {
@@ -228,6 +237,25 @@ def _recbole_split_dump(dataset, built) -> dict:
     return {"train_kind": "sequence", "users": out}
 
 
+def _recbole_reference_metrics(model, dataset, split: dict) -> tuple[float, float]:
+    """Test NDCG@10 / HR@10 of a RecBole general model recomputed from its `full_sort_predict`, with
+    the targets and masks taken from the split it dumped (train + valid items masked)."""
+    import numpy as np
+    import torch
+    from recbole.data.interaction import Interaction
+
+    users = list(split["users"])
+    recs = [split["users"][u] for u in users]
+    model.eval()
+    with torch.no_grad():
+        ids = torch.as_tensor(dataset.token2id(dataset.uid_field, users))
+        scores = model.full_sort_predict(Interaction({dataset.uid_field: ids})).view(len(users), -1)
+    scores = scores.double().numpy()
+    seen = [np.append(dataset.token2id(dataset.iid_field, r["train"] + [r["valid"]]), 0) for r in recs]
+    targets = np.asarray(dataset.token2id(dataset.iid_field, [r["test"] for r in recs]))
+    return _reference_metrics(scores, targets, seen)  # column 0 is RecBole's padding item: masked
+
+
 def child_recbole_split(spec: dict) -> dict:
     """Build RecBole's split of a file (no training) and dump it."""
     _recbole_shims(spec["threads"])
@@ -269,6 +297,7 @@ def child_recbole_run(spec: dict) -> dict:
     def build(self):
         built = original_build(self)
         info["split"] = _recbole_split_dump(self, built)
+        state["dataset"] = self
         return built
 
     Dataset.build = build
@@ -276,7 +305,7 @@ def child_recbole_run(spec: dict) -> dict:
     original_fit, original_valid, original_save = Trainer.fit, Trainer._valid_epoch, Trainer._save_checkpoint
 
     def fit(self, *a, **kw):
-        state["fit_start"] = time.time()
+        state["fit_start"], state["trainer"] = time.time(), self
         out = original_fit(self, *a, **kw)
         info["fit_s"] = time.time() - state["fit_start"]
         return out
@@ -295,10 +324,14 @@ def child_recbole_run(spec: dict) -> dict:
     Trainer.fit, Trainer._valid_epoch, Trainer._save_checkpoint = fit, valid_epoch, save_checkpoint
     res = qs.run_recbole(model=spec["model"], dataset=spec["dataset"], config_dict=spec["config"], saved=True)
     test = {k: round(float(v), 4) for k, v in res["test_result"].items()}
+    reference = None
+    if spec["model"] in GENERAL:  # the trainer's model holds the best checkpoint after the test
+        reference = _recbole_reference_metrics(state["trainer"].model, state["dataset"], info["split"])
     return {
         "test": test,
         "ndcg10": test["ndcg@10"],
         "hr10": test["hit@10"],
+        "reference_ndcg10_hr10": reference,
         "best_valid_ndcg10": round(float(res["best_valid_score"]), 4),
         "best_epoch": info.get("best_epoch"),
         "epochs_run": len(info["epochs"]),
@@ -510,7 +543,10 @@ def _child_cornac_tiger(spec, parts, hp, features, ids, t_proc) -> dict:
         verbose=False,
         item_feature=FeatureModality(features=features, ids=ids),
     )
-    model = cornac.models.TIGER(**hp, seed=spec["seed"], model_selection="best", device="cpu", verbose=False)
+    from cornac.models.tiger import GRID_CONFIG
+
+    hp = {**GRID_CONFIG, **hp, "n_epochs": spec["tiger_epochs"]}
+    model = cornac.models.TIGER(**hp, seed=spec["seed"], device="cpu", verbose=False)
     metrics = [NDCG(k=10), HitRatio(k=10)]
     start = time.time()
     test_result, val_result = method.evaluate(model, metrics=metrics, user_based=False, show_validation=True)
@@ -533,13 +569,13 @@ def _child_cornac_tiger(spec, parts, hp, features, ids, t_proc) -> dict:
         "hr10": round(float(avg["HitRatio@10"]), 4),
         "best_valid_ndcg10": round(float(val_result.metric_avg_results["NDCG@10"]), 4),
         "best_epoch": getattr(model, "best_epoch", None),
-        "epochs_run": hp.get("n_epochs"),
+        "epochs_run": hp["n_epochs"],
         "s_to_best": None,  # TIGER selects its best epoch inside fit and does not say when
         "fit_s": fit_s,
         "total_s": round(time.time() - t_proc, 2),
         "peak_rss_mb": _peak_rss_mb(),
         "split": {"train_kind": "sequence", "history_len": None, "users": dump},
-        "settings": CORNAC_MODELS["TIGER"],
+        "settings": hp,
         "versions": {"cornac": cornac.__version__, "torch": torch.__version__, "numpy": np.__version__},
     }
 
@@ -911,6 +947,7 @@ def run_peer(args, side: str, model: str, seed: int, ours: dict, inputs: dict, w
             "model": model,
             "seed": seed,
             "patience": args.patience,
+            "tiger_epochs": args.tiger_epochs,
             "splits": str(inputs["splits"]),
             "features": str(inputs["features"]) if model in ("VBPR", "TIGER") else None,
             "feature_ids": str(inputs["feature_ids"]) if model in ("VBPR", "TIGER") else None,
@@ -918,10 +955,19 @@ def run_peer(args, side: str, model: str, seed: int, ours: dict, inputs: dict, w
         python = args.cornac_python if side == "cornac" else args.implicit_python
         got, cmd = run_child(python, side, spec, wd, args.threads)
         masking = "not masked (next-item)" if model == "TIGER" else "masked (train items; + valid at test)"
-        extra = {"smoke": True} if model == "TIGER" else {}
+        extra = {"smoke_epoch_cap": args.tiger_epochs} if model == "TIGER" else {}
     check = compare_splits(ours, got["split"])
     if not check["identical"]:
         raise AssertionError(f"{side} {model}: the split it used differs from linkedout's: {check}")
+    reference = got.get("reference_ndcg10_hr10")
+    # the library's metrics vs plain numpy on the same scores, targets and masks; Pop is left out:
+    # its scores are mostly ties, which each evaluator breaks its own way
+    if reference is not None and model != "Pop":
+        gap = max(abs(reference[0] - got["ndcg10"]), abs(reference[1] - got["hr10"]))
+        if gap > 2e-4:
+            raise AssertionError(
+                f"{side} {model}: its metrics {got['ndcg10']}, {got['hr10']} vs numpy {reference}"
+            )
     return _row(side, model, masking, seed, got, cmd, split_check=check, **extra)
 
 
@@ -1007,6 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch / BLAS / OpenMP threads per child")
     ap.add_argument("--patience", type=int, default=10, help="cornac / implicit: validations without gain")
     ap.add_argument("--sasrec-epochs", type=int, default=1, help="RecBole SASRec epoch cap (smoke test)")
+    ap.add_argument("--tiger-epochs", type=int, default=1, help="cornac TIGER epochs (smoke test)")
     ap.add_argument("--recbole-python", default="/tmp/recbole-venv/bin/python")
     ap.add_argument("--cornac-python", default="/tmp/cornac-venv/bin/python")
     ap.add_argument("--implicit-python", default="/tmp/cornac-venv/bin/python")
