@@ -62,7 +62,6 @@ import contextlib
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -177,8 +176,27 @@ def _md5(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+def _peak_rss_mb(pid: int | str = "self") -> float | None:
+    """VmHWM of a process, in MB. Not ru_maxrss: Linux carries that across execve, so a child
+    started from this parent (~450 MB with linkedout loaded) would report at least the parent's size."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return round(kb / 1024, 1)
+
+
+def call_measured(cmd: list[str], log: Path, **kw) -> tuple[int, float | None]:
+    """Run ``cmd`` with output to ``log``; return its exit code and its peak RSS (VmHWM, polled:
+    a high-water mark, so the last reading before exit holds the peak up to then)."""
+    peak = None
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
+        while proc.poll() is None:
+            peak = _peak_rss_mb(proc.pid) or peak
+            time.sleep(0.2)
+    return proc.returncode, peak
 
 
 class _Stop(Exception):
@@ -818,8 +836,7 @@ def run_child(python: str, kind: str, spec: dict, workdir: Path, threads: int) -
     cmd = [python, str(Path(__file__).resolve()), "--child", str(spec_path)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.pop("PYTHONPATH", None)  # the child's venv, nothing of linkedout's
-    with open(workdir / "stdout.log", "w") as log:
-        rc = subprocess.call(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    rc, _ = call_measured(cmd, workdir / "stdout.log", cwd=workdir, env=env)
     if rc != 0 or not (workdir / "result.json").exists():
         tail = (workdir / "stdout.log").read_text()[-3000:]
         raise RuntimeError(f"{kind} child failed (exit {rc}); log {workdir / 'stdout.log'}:\n{tail}")
@@ -1003,8 +1020,7 @@ def run_linkedout(args, spec_text: str, seed: int, lo_file: Path, workdir: Path)
     env = dict(os.environ, PYTHONPATH=str(Path(args.linkedout_src).resolve()))
     env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     t = time.time()
-    with open(wd / "stdout.log", "w") as log:
-        rc = subprocess.call(cmd, cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    rc, peak = call_measured(cmd, wd / "stdout.log", cwd=wd, env=env)
     if rc != 0 or not out.exists():
         raise RuntimeError(f"linkedout {spec_text} failed (exit {rc}); log {wd / 'stdout.log'}")
     got = json.loads(out.read_text())
@@ -1022,7 +1038,7 @@ def run_linkedout(args, spec_text: str, seed: int, lo_file: Path, workdir: Path)
         "s_to_best": round(got["seconds_to_best"], 2),
         "fit_s": round(got["train_seconds"], 2),
         "total_s": round(time.time() - t, 2),
-        "peak_rss_mb": round(got["peak_rss_mb"], 1),
+        "peak_rss_mb": peak,  # VmHWM polled by this parent (run.json's ru_maxrss includes the parent's)
         "protocol": got["protocol"]["description"],
         "split_check": "by construction: linkedout's own split of the same file",
         "child_command": " ".join([*cmd[:2], "<linkedout.cli>", *cmd[3:]]),
