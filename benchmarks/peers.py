@@ -1051,6 +1051,34 @@ def _save(path: Path, results: dict) -> None:
     path.write_text(json.dumps(results, indent=1) + "\n")
 
 
+def print_table(path: Path) -> None:
+    """The runs of a results file as the markdown table docs/benchmarks.md shows."""
+    results = json.loads(path.read_text())
+    print(
+        "| library | model | ranking | NDCG@10 | HR@10 | numpy re-check | best epoch | epochs run "
+        "| s to best | total s | peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results["runs"]:
+        ref = r.get("reference_ndcg10_hr10")
+        cap = r.get("smoke_epoch_cap")
+        model = f"{r['model']} (smoke: {cap} epoch{'s' if cap != 1 else ''})" if cap else r["model"]
+        cells = [
+            r["side"],
+            model,
+            r["masking"],
+            f"{r['ndcg10']:.4f}",
+            f"{r['hr10']:.4f}",
+            f"{ref[0]:.4f} / {ref[1]:.4f}" if ref else "-",
+            r["best_epoch"],
+            r["epochs_run"],
+            r["s_to_best"] if r["s_to_best"] is not None else "-",
+            r["total_s"],
+            r["peak_rss_mb"],
+        ]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--proof", action="store_true", help="run the split proof (also done before any run)")
@@ -1077,8 +1105,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--linkedout-src", default=str(REPO / "src"), help="PYTHONPATH of the linkedout runs")
     ap.add_argument("--workdir", default=None, help="scratch folder (files, logs, checkpoints)")
     ap.add_argument("--out", default=str(HERE / "results" / "peers_ml100k.json"))
+    ap.add_argument("--table", metavar="RESULTS", help="print a results file as a markdown table and exit")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.table:
+        print_table(Path(args.table))
+        return 0
 
     if args.child:
         spec = json.loads(Path(args.child).read_text())
