@@ -392,13 +392,17 @@ def _reference_metrics(scores, targets, seen) -> tuple[float, float]:
     return round(ndcg / n, 4), round(hits / n, 4)
 
 
-def _early_stopping_loop(train_chunk, validate, snapshot, restore, eval_every, max_epochs, patience):
+def _early_stopping_loop(
+    train_chunk, validate, snapshot, restore, eval_every, max_epochs, patience, max_seconds=None
+):
     """Train ``eval_every`` epochs at a time, validate, keep the best snapshot; stop after
-    ``patience`` validations without improvement. Returns (best_epoch, best_valid, s_to_best, trace)."""
+    ``patience`` validations without improvement, or after the first validation past
+    ``max_seconds`` (then ``truncated``). Returns (best_epoch, best_valid, s_to_best, trace, fit_s,
+    truncated)."""
     start = time.time()
     best, best_epoch, best_state, s_to_best, since, trace = -1.0, 0, None, 0.0, 0, []
-    epoch = 0
-    while epoch < max_epochs and since < patience:
+    epoch, truncated = 0, False
+    while epoch < max_epochs and since < patience and not truncated:
         train_chunk(eval_every)
         epoch += eval_every
         score = validate()
@@ -408,8 +412,9 @@ def _early_stopping_loop(train_chunk, validate, snapshot, restore, eval_every, m
             s_to_best = round(time.time() - start, 2)
         else:
             since += 1
+        truncated = max_seconds is not None and time.time() - start > max_seconds and since < patience
     restore(best_state)
-    return best_epoch, best, s_to_best, trace, round(time.time() - start, 2)
+    return best_epoch, best, s_to_best, trace, round(time.time() - start, 2), truncated
 
 
 def child_cornac(spec: dict) -> dict:
@@ -483,8 +488,15 @@ def child_cornac(spec: dict) -> dict:
 
     # fit() keeps existing parameters (BPR: `if self.u_factors is None`; VBPR: `_init` likewise), so
     # calling it again trains `eval_every` more epochs; VBPR's Adam moments restart at each call
-    best_epoch, best_valid, s_to_best, trace, fit_s = _early_stopping_loop(
-        lambda n: model.fit(train_set, val_set), validate, snapshot, restore, eval_every, max_epochs, patience
+    best_epoch, best_valid, s_to_best, trace, fit_s, truncated = _early_stopping_loop(
+        lambda n: model.fit(train_set, val_set),
+        validate,
+        snapshot,
+        restore,
+        eval_every,
+        max_epochs,
+        patience,
+        spec.get("max_train_seconds"),
     )
     # exclude_unknowns=False here too: its default drops the held-out items never seen in training
     test_avg, _ = ranking_eval(model, metrics, train_set, test_set, val_set=val_set, exclude_unknowns=False)
@@ -519,6 +531,7 @@ def child_cornac(spec: dict) -> dict:
         "total_s": round(time.time() - t_proc, 2),
         "peak_rss_mb": _peak_rss_mb(),
         "ranked_items": int(test_set.num_items),
+        "truncated": truncated,
         "split": {"train_kind": "set", "users": dump},
         "settings": {**CORNAC_MODELS[spec["model"]], "patience": patience},
         "versions": {"cornac": cornac.__version__, "numpy": np.__version__},
@@ -937,7 +950,15 @@ def _row(side: str, model: str, masking: str, seed: int, got: dict, cmd: list[st
     row["peak_rss_mb"] = got.get("peak_rss_mb")
     row.update(extra)
     row["child_command"] = " ".join(cmd)
-    for k in ("reference_ndcg10_hr10", "settings", "versions", "ranked_items", "test", "epoch_trace"):
+    for k in (
+        "truncated",
+        "reference_ndcg10_hr10",
+        "settings",
+        "versions",
+        "ranked_items",
+        "test",
+        "epoch_trace",
+    ):
         if k in got:
             row[k] = got[k]
     return row
@@ -965,6 +986,7 @@ def run_peer(args, side: str, model: str, seed: int, ours: dict, inputs: dict, w
             "seed": seed,
             "patience": args.patience,
             "tiger_epochs": args.tiger_epochs,
+            "max_train_seconds": args.max_train_seconds,
             "splits": str(inputs["splits"]),
             "features": str(inputs["features"]) if model in ("VBPR", "TIGER") else None,
             "feature_ids": str(inputs["feature_ids"]) if model in ("VBPR", "TIGER") else None,
@@ -1063,6 +1085,8 @@ def print_table(path: Path) -> None:
         ref = r.get("reference_ndcg10_hr10")
         cap = r.get("smoke_epoch_cap")
         model = f"{r['model']} (smoke: {cap} epoch{'s' if cap != 1 else ''})" if cap else r["model"]
+        if r.get("truncated"):
+            model += " (time cap: truncated)"
         cells = [
             r["side"],
             model,
@@ -1098,6 +1122,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patience", type=int, default=10, help="cornac / implicit: validations without gain")
     ap.add_argument("--sasrec-epochs", type=int, default=1, help="RecBole SASRec epoch cap (smoke test)")
     ap.add_argument("--tiger-epochs", type=int, default=1, help="cornac TIGER epochs (smoke test)")
+    ap.add_argument(
+        "--max-train-seconds",
+        type=float,
+        default=None,
+        help="cornac BPR / VBPR: stop after the first validation past this (best epoch still tested; "
+        "the row says truncated)",
+    )
     ap.add_argument("--recbole-python", default="/tmp/recbole-venv/bin/python")
     ap.add_argument("--cornac-python", default="/tmp/cornac-venv/bin/python")
     ap.add_argument("--implicit-python", default="/tmp/cornac-venv/bin/python")
