@@ -105,10 +105,13 @@ def train_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Save weights + run.json (for evaluate)."),
     max_len: int | None = typer.Option(None, "--max-len", help="Override the protocol's history length."),
-    sampled: int | None = typer.Option(None, "--sampled-negatives", help="Sampled metrics (inflated!)."),
     mask_history: bool | None = typer.Option(
-        None, "--mask-history/--no-mask-history", help="Override the protocol's history masking."
+        None,
+        "--mask-history/--no-mask-history",
+        help="Rank without the user's already-seen items (default: the protocol's choice).",
+        show_default=False,
     ),
+    sampled: int | None = typer.Option(None, "--sampled-negatives", help="Sampled metrics (inflated!)."),
     format: str | None = typer.Option(None, "--format", help="Log format when --dataset is a path."),
     min_rating: float | None = typer.Option(None, "--min-rating"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
