@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Peers on a proven split: RecBole, cornac and implicit beside linkedout on MovieLens-100K.
 
-Why: ml-100k ties many timestamps inside a user. RecBole orders a user's events by its min-max
-normalised float32 timestamp with a stable sort, so ties keep the file's row order; linkedout breaks
-ties by item id (`linkedout.data.interactions`). Fed the raw file, the two sides hold out different
-items for hundreds of users, and a "same protocol" comparison is not on one split.
+Why: ml-100k ties many timestamps inside a user. RecBole orders a user's events by its float32
+timestamp (min-max normalised for its ml-100k preset, raw seconds otherwise) with a stable sort,
+so ties keep the file's row order; linkedout breaks ties by item id (`linkedout.data.interactions`).
+Fed the raw file, the two sides hold out different items for hundreds of users, and a "same
+protocol" comparison is not on one split.
 
 What this script does:
 
@@ -13,17 +14,20 @@ What this script does:
    (``dataset.build()``), and asserts that every user's train sequence, validation item and test item
    equal linkedout's `split(...)` under the `recbole` protocol. The same check on the raw file order
    (the cached ``ml-100k.inter``, same three columns) counts how many users differ there. It also
-   counts the same-user timestamp pairs that RecBole's float32 normalisation merges (distinct
-   seconds, one float32): with the file sorted by (user, timestamp, item id) a stable sort keeps them
-   in linkedout's order anyway, and the per-user assertion is what shows it.
+   counts the same-user timestamp pairs that RecBole's float32 merges (distinct seconds, one
+   float32), normalised and raw: with the file sorted by (user, timestamp, item id) a stable sort
+   keeps them in linkedout's order anyway, and the per-user assertion (run for both) shows it.
 2. peer runs on that file, each a child process in the peer's own venv, one JSON line per run:
-   RecBole BPR / LightGCN / Pop (general models: RecBole masks the user's training items at test
-   time) and SASRec (sequential: no masking; a converged run takes ~80 min here, so `--sasrec-epochs`
-   caps it for a smoke test); cornac BPR, VBPR (the ml-100k caption vectors as its `ImageModality`)
-   and TIGER (the same vectors as its `FeatureModality`); implicit BPR and ALS (a speed reference).
+   RecBole BPR / LightGCN / Pop (general models: with ``repeatable: False``, set here, RecBole
+   masks the user's earlier items at evaluation) and SASRec (sequential: no masking; a converged
+   run takes ~80 min here, so `--sasrec-epochs` caps it for a smoke test); cornac BPR, VBPR (the
+   ml-100k caption vectors as its `ImageModality`) and TIGER (the same vectors as its
+   `FeatureModality`; `--tiger-epochs` caps it); implicit BPR and ALS (a speed reference).
    Every run dumps the split it actually trained and evaluated on (RecBole: its built datasets;
    cornac: the datasets `BaseMethod.from_splits` / `NextItemEvaluation.from_splits` built from what
    was passed; implicit: its CSR matrices), and the parent asserts it equals linkedout's split.
+   Each library's test NDCG@10 / HR@10 is also recomputed with numpy from the model's full score
+   matrix (`_reference_metrics`) and asserted equal (RecBole's Pop excepted: mostly ties).
 3. linkedout rows: ``linkedout train --model M`` on the same file under `recbole`, or under
    ``recbole[mask_history=True]`` (``M:masked``) to pair with the general peers, run with
    ``--linkedout-python`` and ``PYTHONPATH=--linkedout-src`` (the worktree under test).
@@ -37,15 +41,20 @@ Set-up used for the recorded numbers (Python 3.11; torch 2.13.0 is a CPU wheel o
     /tmp/recbole-venv/bin/pip install torch==2.13.0 recbole==1.2.1 \\
         "numpy<2" "pandas<2.2" "scipy<1.13" "setuptools>=77,<81"
     python3 -m venv /tmp/cornac-venv      # cornac 3 needs numpy >= 2; implicit 0.7.3 shares it
-    /tmp/cornac-venv/bin/pip install "cornac>=3,<4" "numpy>=2" implicit==0.7.3 torch==2.13.0
+    /tmp/cornac-venv/bin/pip install "cornac>=3,<4" "numpy>=2" implicit==0.7.3 torch==2.13.0 \\
+        "transformers>=4.40"
 
-(torch in the cornac venv: VBPR and TIGER are written in PyTorch.)
+(torch and transformers in the cornac venv: VBPR and TIGER are written in PyTorch, TIGER's T5 comes
+from transformers.)
 
-Reproduce::
+Reproduce (every invocation re-does and re-asserts the split proof first; rows merge into --out by
+library, model, ranking and seed)::
 
-    PYTHONPATH=src .venv/bin/python benchmarks/peers.py --proof \\
-        --recbole BPR --recbole LightGCN --cornac BPR --cornac VBPR --implicit bpr --implicit als \\
-        --linkedout pop:masked --out benchmarks/results/peers_ml100k.json
+    PYTHONPATH=src .venv/bin/python benchmarks/peers.py \\
+        --recbole BPR --recbole LightGCN --recbole SASRec --cornac BPR --implicit bpr --implicit als \\
+        --linkedout pop:masked --linkedout sasrec
+    PYTHONPATH=src .venv/bin/python benchmarks/peers.py --recbole Pop --cornac VBPR --max-train-seconds 1200
+    PYTHONPATH=src .venv/bin/python benchmarks/peers.py --table benchmarks/results/peers_ml100k.json
 
 Masking: "masked" = the user's training items (and, at test, the validation item) are excluded from
 the ranking, as RecBole does for general models, cornac's `ranking_eval` and implicit's
@@ -1105,7 +1114,6 @@ def print_table(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--proof", action="store_true", help="run the split proof (also done before any run)")
     ap.add_argument("--recbole", action="append", default=[], choices=[*GENERAL, *SEQUENTIAL])
     ap.add_argument("--cornac", action="append", default=[], choices=sorted(CORNAC_MODELS))
     ap.add_argument("--implicit", action="append", default=[], choices=sorted(IMPLICIT_MODELS))
@@ -1154,6 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {"runs": []}
     proof, lo_file = split_proof(args, workdir)
+    results["provenance"] = made_by  # the latest invocation; each run row carries its own
     results["split_proof"] = {**proof, "provenance": made_by}
     results["cpu_flags"] = made_by["machine"]["cpu_flags"]
     results["machine_note"] = (
