@@ -1020,10 +1020,18 @@ def run_peer(args, side: str, model: str, seed: int, ours: dict, inputs: dict, w
 
 
 def run_linkedout(args, spec_text: str, seed: int, lo_file: Path, workdir: Path) -> dict:
-    """``linkedout train`` on the ordered file; ``MODEL:masked`` adds ``--mask-history``."""
+    """``linkedout train`` on the ordered file; ``MODEL:masked`` adds ``--mask-history``;
+    ``MODEL+caption`` fuses the ml-100k caption vectors with the ID embedding (VBPR's pairing:
+    ``--item-encoder caption --features CAPTION_STORE --id-fusion``)."""
     model, _, flag = spec_text.partition(":")
     if flag not in ("", "masked"):
-        raise SystemExit(f"--linkedout {spec_text!r}: MODEL or MODEL:masked")
+        raise SystemExit(f"--linkedout {spec_text!r}: MODEL[+caption] or MODEL[+caption]:masked")
+    family, _, feature = model.partition("+")
+    if feature not in ("", "caption"):
+        raise SystemExit(f"--linkedout {spec_text!r}: the only feature suffix is +caption")
+    content = []
+    if feature:
+        content = ["--item-encoder", "caption", "--features", str(CAPTION_STORE), "--id-fusion"]
     wd = workdir / "runs" / f"linkedout-{model}{'-masked' if flag else ''}-seed{seed}"
     wd.mkdir(parents=True, exist_ok=True)
     out = wd / "result.json"
@@ -1039,7 +1047,8 @@ def run_linkedout(args, spec_text: str, seed: int, lo_file: Path, workdir: Path)
         "--protocol",
         "recbole",
         "--model",
-        model,
+        family,
+        *content,
         "--seed",
         str(seed),
         "--json",
