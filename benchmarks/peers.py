@@ -78,6 +78,7 @@ import time
 from pathlib import Path
 
 from provenance import provenance  # benchmarks/ is on sys.path when this file runs
+from recbole_reference import MODEL_CONFIG as RECBOLE_REFERENCE_MODELS  # standard library only too
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -130,15 +131,7 @@ RECBOLE_MODELS = {
     },
     "Pop": {"train_batch_size": 2048, "epochs": 1, "repeatable": False},
     "SASRec": {
-        "hidden_size": 64,
-        "inner_size": 256,
-        "n_layers": 2,
-        "n_heads": 2,
-        "hidden_dropout_prob": 0.5,
-        "attn_dropout_prob": 0.5,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12,
-        "initializer_range": 0.02,
+        **RECBOLE_REFERENCE_MODELS["SASRec"],  # the same SASRec as benchmarks/recbole_reference.py
         "repeatable": True,
         "loss_type": "CE",
         "train_neg_sample_args": None,
