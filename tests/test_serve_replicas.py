@@ -403,7 +403,9 @@ def test_workers_share_one_copy_of_the_item_matrix(tmp_path):
     growth = [b - min(base_uss) for b in big_uss]
     small_mb, big_mb = [u >> 20 for u in base_uss], [u >> 20 for u in big_uss]
     print(f"USS MB per worker: 1k items {small_mb}, 50k items {big_mb}; matrix {matrix_bytes >> 20} MB")
-    assert all(g < 0.35 * matrix_bytes for g in growth), (growth, matrix_bytes)
+    # a private copy would add at least the whole matrix; the 50k items' ids, titles and id map are
+    # Python objects of their own (~15-18 MB here, and it was measured at 14.5 and 18.4 MB on one run)
+    assert all(g < 0.5 * matrix_bytes for g in growth), (growth, matrix_bytes)
     for m in maps:  # the mapping is resident in both workers, and clean (shared), not copied-on-write
         assert len(m) == 1 and m[0].rss > 0.9 * matrix_bytes and m[0].private_dirty < 0.02 * matrix_bytes, m
 
