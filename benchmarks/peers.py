@@ -78,7 +78,8 @@ import time
 from pathlib import Path
 
 from provenance import provenance  # benchmarks/ is on sys.path when this file runs
-from recbole_reference import MODEL_CONFIG as RECBOLE_REFERENCE_MODELS  # standard library only too
+from recbole_reference import BASE_CONFIG as RECBOLE_REFERENCE_BASE  # standard library only too
+from recbole_reference import MODEL_CONFIG as RECBOLE_REFERENCE_MODELS
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -89,30 +90,13 @@ GENERAL = ("BPR", "LightGCN", "Pop")  # RecBole general models: training items m
 SEQUENTIAL = ("SASRec",)
 
 # RecBole: shared by every run; the protocol part is what `recbole_reference.py` uses for SASRec, and
-# forced for the general models too (their default is a random 8:1:1 split).
+# forced for the general models too (their default is a random 8:1:1 split). Its SASRec-only keys
+# (loss, negatives, history length, `repeatable`) go per model below.
+_SEQUENTIAL_ONLY = ("loss_type", "train_neg_sample_args", "MAX_ITEM_LIST_LENGTH", "repeatable")
 RECBOLE_BASE = {
+    **{k: v for k, v in RECBOLE_REFERENCE_BASE.items() if k not in _SEQUENTIAL_ONLY},
     "epochs": 300,
-    "stopping_step": 10,
-    "eval_step": 1,
-    "learning_rate": 0.001,
-    "learner": "adam",
-    "weight_decay": 0.0,
-    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-    "val_interval": None,
-    "rm_dup_inter": None,
-    "filter_inter_by_user_or_item": True,
-    "user_inter_num_interval": "[0,inf)",
-    "item_inter_num_interval": "[0,inf)",
-    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-    "metrics": ["Hit", "NDCG", "MRR"],
-    "topk": [10, 20],
-    "valid_metric": "NDCG@10",
-    "valid_metric_bigger": True,
-    "eval_batch_size": 4096,
-    "reproducibility": True,
-    "use_gpu": False,
-    "show_progress": False,
-    "state": "INFO",
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},  # the written files have no rating
     # RecBole's ml-100k preset normalises timestamps; a dataset under another name (ours) gets its
     # sample preset, which does not, so it is set here (the proof also runs without it)
     "normalize_all": True,

@@ -601,6 +601,16 @@ def check_video_paths(items: Sequence[CatalogItem], backbone: str) -> None:
         )
 
 
+def _finish(store: FeatureStore, report: ExtractReport, compact: bool, t_start: float) -> ExtractReport:
+    """The end of a run, either engine: compact the store when it changed, stamp the wall time."""
+    if compact and (report.extracted or report.failed):
+        t0 = time.perf_counter()
+        store.compact()
+        report.compact_seconds = time.perf_counter() - t0
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
 def _stop_if_broken(fails_in_a_row: int, report: ExtractReport) -> None:
     if fails_in_a_row >= _MAX_BACKBONE_FAILURES_IN_A_ROW:
         last = next(reversed(report.failed.values()))
@@ -744,9 +754,4 @@ def extract(
     report.decode_wait_seconds = source.wait_seconds
     report.decode_seconds = source.decode_seconds
 
-    if compact and (report.extracted or report.failed):
-        t0 = time.perf_counter()
-        store.compact()
-        report.compact_seconds = time.perf_counter() - t0
-    report.seconds = time.perf_counter() - t_start
-    return report
+    return _finish(store, report, compact, t_start)

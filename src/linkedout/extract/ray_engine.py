@@ -64,6 +64,7 @@ from linkedout.extract.pipeline import (
     ExtractReport,
     _commit,
     _encode_batch,
+    _finish,
     _plan,
     _Progress,
     _stop_if_broken,
@@ -461,9 +462,4 @@ def extract_ray(
                     bar.failed(item_id, reason)
                 _commit(store, [], lost, report, bar)
                 _stop_if_broken(streak + len(lost), report)
-    if compact and (report.extracted or report.failed):
-        t0 = time.perf_counter()
-        store.compact()
-        report.compact_seconds = time.perf_counter() - t0
-    report.seconds = time.perf_counter() - t_start
-    return report
+    return _finish(store, report, compact, t_start)
