@@ -45,11 +45,13 @@ def tokens_for(item_id: str) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float16)
 
 
-def write_store(path: Path) -> list[str]:
+def write_store(path: Path, ids: list[str] | None = None, backbone: str = "synthetic") -> list[str]:
+    """A store of ``ids`` (default: the log's items less NO_FEATURES, plus STORE_ONLY)."""
     store = FeatureStore.create(
-        path, {"backbone": "synthetic"}, layers=[0, 1, 2], token_kinds=["video", "new"], dim=SHAPE[2]
+        path, {"backbone": backbone}, layers=[0, 1, 2], token_kinds=["video", "new"], dim=SHAPE[2]
     )
-    ids = [f"m{i}" for i in range(50) if f"m{i}" not in NO_FEATURES] + STORE_ONLY
+    if ids is None:
+        ids = [f"m{i}" for i in range(50) if f"m{i}" not in NO_FEATURES] + STORE_ONLY
     store.append([ItemTokens(i, tokens_for(i)) for i in ids])
     return ids
 
@@ -223,14 +225,7 @@ def test_a_run_refuses_a_feature_store_other_than_the_one_it_trained_on(exported
     saved = json.loads((run_dir / "run.json").read_text())
     assert saved["features"]["fingerprint"] and saved["features"]["missing_items"] == len(NO_FEATURES)
     # the same items, re-extracted with another backbone: another fingerprint
-    other = FeatureStore.create(
-        tmp_path / "other",
-        {"backbone": "another"},
-        layers=[0, 1, 2],
-        token_kinds=["video", "new"],
-        dim=SHAPE[2],
-    )
-    other.append([ItemTokens(f"m{i}", tokens_for(f"m{i}")) for i in range(50)])
+    write_store(tmp_path / "other", [f"m{i}" for i in range(50)], backbone="another")
     moved = tmp_path / "run"
     moved.mkdir()
     (moved / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
@@ -242,14 +237,7 @@ def test_a_run_refuses_a_feature_store_other_than_the_one_it_trained_on(exported
     assert str(tmp_path / "other") in message and "fingerprint" in message
 
     # a store of another catalogue (no item in common with the log) is refused at training time
-    foreign = FeatureStore.create(
-        tmp_path / "foreign",
-        {"backbone": "synthetic"},
-        layers=[0, 1, 2],
-        token_kinds=["video", "new"],
-        dim=SHAPE[2],
-    )
-    foreign.append([ItemTokens(i, tokens_for(i)) for i in STORE_ONLY])
+    write_store(tmp_path / "foreign", STORE_ONLY)
     args = ["train", "--dataset", str(run_dir.parent / "log.csv"), "--protocol", "microlens"]
     args += ["--item-encoder", "linkedout", "--features", str(tmp_path / "foreign"), "--epochs", "1", "-q"]
     r = CliRunner().invoke(app, args)
