@@ -22,10 +22,17 @@ from test_serve_process import linkedout_cmd, server, write_log  # noqa: F401 (l
 pytestmark = pytest.mark.slow
 
 
-def stream_events(base: str, worker: int, acked: list[str], lock: threading.Lock, stop: threading.Event):
+def stream_events(
+    base: str,
+    worker: int,
+    acked: list[str],
+    lock: threading.Lock,
+    stop: threading.Event,
+    headers: dict[str, str] | None = None,
+):
     """Post batches of 3 events until stopped; record the ids of every acknowledged (200) batch. Any
     other answer (503 while the database restarts, a dropped connection) is simply not acknowledged."""
-    with httpx.Client(base_url=base, timeout=15) as c:
+    with httpx.Client(base_url=base, timeout=15, headers=headers) as c:
         for n in range(1_000_000):
             if stop.is_set():
                 return

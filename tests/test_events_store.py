@@ -225,3 +225,27 @@ def test_unreachable_postgres_is_a_clear_error_naming_the_url_without_its_passwo
     ) as e:
         open_event_store("postgresql://me:secret@127.0.0.1:1/nodb", connect_timeout=2)
     assert "secret" not in str(e.value)
+
+
+def test_postgres_connections_bound_their_socket_waits_unless_the_url_says_otherwise():
+    """A partition must not hold a write for the kernel's retransmission timeout (minutes): every
+    connection gets tcp_user_timeout and keepalives; a URL's own values win."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'linkedout[postgres]')")
+    from psycopg.conninfo import conninfo_to_dict
+
+    from linkedout.events.postgres import bounded_conninfo
+
+    got = conninfo_to_dict(bounded_conninfo("postgresql://me:pw@db:5433/x?application_name=a", 10))
+    assert got["tcp_user_timeout"] == "10000" and got["keepalives"] == "1"
+    assert (got["host"], got["port"], got["dbname"], got["user"], got["password"]) == (
+        "db",
+        "5433",
+        "x",
+        "me",
+        "pw",
+    )
+    assert got["application_name"] == "a"
+    own = conninfo_to_dict(bounded_conninfo("postgresql://db/x?tcp_user_timeout=2500", 10))
+    assert own["tcp_user_timeout"] == "2500"
+    with pytest.raises(EventStoreError, match="not a PostgreSQL URL"):
+        bounded_conninfo("postgresql://db/x?nonsense_option=1", 10)

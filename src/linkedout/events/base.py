@@ -167,7 +167,7 @@ def open_event_store(url_or_path: str | os.PathLike[str], **opts: Any) -> EventS
     """Open (creating and migrating as needed) the store at ``url_or_path``:
 
     - ``postgresql://user:pass@host:port/db`` (also ``?host=/socket/dir``): `PostgresEventStore`;
-      options ``writers``, ``max_group``, ``pool_size``, ``connect_timeout``.
+      options ``writers``, ``max_group``, ``pool_size``, ``connect_timeout``, ``io_timeout``.
     - ``sqlite:///abs/path.sqlite`` or a bare path: `SQLiteEventStore`; options ``synchronous``,
       ``max_group``.
 
@@ -177,7 +177,7 @@ def open_event_store(url_or_path: str | os.PathLike[str], **opts: Any) -> EventS
     if is_postgres_url(text):
         from linkedout.events.postgres import PostgresEventStore
 
-        keys = ("writers", "max_group", "pool_size", "connect_timeout")
+        keys = ("writers", "max_group", "pool_size", "connect_timeout", "io_timeout")
         return PostgresEventStore(text, **{k: v for k, v in opts.items() if k in keys})
     from linkedout.events.sqlite import SQLiteEventStore
 

@@ -21,6 +21,13 @@ replicas could commit items 8 then 7, and a poller that already read 8 would ski
 item insert first takes a transaction-scoped advisory lock: item transactions commit one at a time,
 in ``seq`` order. Items are rare (each is an encoder pass), so the lock costs nothing measurable.
 Each committed item also sends ``NOTIFY linkedout_items``, which wakes other replicas' pollers early.
+
+A database that becomes unreachable mid-connection (a network partition, a host gone without closing
+its sockets) would otherwise hold a write for the kernel's TCP retransmission timeout, minutes: every
+connection sets libpq's ``tcp_user_timeout`` and TCP keepalives (`io_timeout`, unless the URL sets
+them), so a write fails with `EventStoreUnavailable` (HTTP 503) after at most about ``io_timeout`` +
+``connect_timeout`` seconds, and an unacknowledged write is never reported as stored
+(tests/test_multihost.py cuts a replica's link).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from linkedout.events.base import (
@@ -126,6 +134,25 @@ class _Job:
 _STOP = object()
 
 
+def bounded_conninfo(url: str, io_timeout: float) -> str:
+    """``url`` with libpq's ``tcp_user_timeout`` and TCP keepalives set from ``io_timeout`` (seconds)
+    where the URL does not set them: unacknowledged data or a silent peer then closes the connection
+    after about ``io_timeout`` instead of the kernel's retransmission timeout."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as e:
+        raise EventStoreError(f"not a PostgreSQL URL {redact(url)}: {e}") from None
+    idle = max(1, int(io_timeout / 2))
+    defaults = {
+        "tcp_user_timeout": str(int(io_timeout * 1000)),
+        "keepalives": "1",
+        "keepalives_idle": str(idle),
+        "keepalives_interval": str(max(1, int(io_timeout / 6))),
+        "keepalives_count": "3",
+    }
+    return make_conninfo("", **{**defaults, **params})
+
+
 class PostgresEventStore:
     """Events + added items in PostgreSQL; reads and writes share one connection pool."""
 
@@ -137,11 +164,14 @@ class PostgresEventStore:
         max_group: int = 512,
         pool_size: int | None = None,
         connect_timeout: float = 5.0,
+        io_timeout: float = 10.0,
     ) -> None:
         if writers < 1:
             raise ValueError("writers must be >= 1")
-        self._conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self.url = redact(url)
+        self._conninfo = bounded_conninfo(
+            url.replace("postgresql+psycopg://", "postgresql://", 1), io_timeout
+        )
         self.max_group = max_group
         self.writers = writers
         self.connect_timeout = connect_timeout
