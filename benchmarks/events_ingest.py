@@ -7,6 +7,10 @@ its COMMIT; at the end the store is read back and must hold at least every ackno
     .venv/bin/python benchmarks/events_ingest.py --seconds 10 --clients 32 \
         --out benchmarks/results/events_ingest.json
 
+`--client wrk` drives the load with wrk (benchmarks/wrk_load.py: a C client, a small fraction of the
+CPU of the Python one, which on 2 shared cores otherwise caps what the server can show);
+`--server-workers N` runs `linkedout serve --workers N`.
+
 Goals (issue 14, PostgreSQL): >= 2,000 acknowledged events/s at 1 event per request, >= 40,000/s
 batched. PostgreSQL is a pgserver instance (postgres 16, unix socket, default fsync=on,
 synchronous_commit=on) in a temporary directory unless --postgres-url names one. The server and the
@@ -31,6 +35,7 @@ import aiohttp
 import httpx
 import numpy as np
 
+import wrk_load
 from linkedout.synthetic import synthetic_bundle
 from provenance import provenance
 
@@ -117,6 +122,21 @@ async def ingest(base: str, tag: str, seconds: float, clients: int, per_request:
     }
 
 
+def load(base: str, tag: str, seconds: float, clients: int, per_request: int, client: str) -> dict:
+    if client == "aiohttp":
+        return asyncio.run(ingest(base, tag, seconds, clients, per_request))
+    r = wrk_load.run(base, wrk_load.events_script(tag, per_request, N_ITEMS), seconds, clients)
+    acked = r["ok_requests"] * per_request
+    return {
+        **r,
+        "events_per_request": per_request,
+        "clients": clients,
+        "acked_events": acked,
+        "acked_events_per_s": acked / r["seconds"],
+        "requests_per_s": r["per_s"],
+    }
+
+
 def stored_events(url: str) -> int:
     from linkedout.events import open_event_store
 
@@ -136,6 +156,8 @@ def main() -> None:
     ap.add_argument("--batch-clients", type=int, default=4, help="concurrent clients, --batch per request")
     ap.add_argument("--batch", type=int, default=1000, help="events per request in the batched run")
     ap.add_argument("--postgres-url", default=None, help="use this database instead of a pgserver one")
+    ap.add_argument("--client", choices=["aiohttp", "wrk"], default="aiohttp", help="load generator")
+    ap.add_argument("--server-workers", type=int, default=1, help="linkedout serve --workers")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
     result: dict = {"provenance": provenance(), "runs": []}
@@ -155,14 +177,19 @@ def main() -> None:
                 pg = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
                 url = pg.get_uri()
             configs += [(f"postgres writers={w}", url, ["--pg-writers", str(w)]) for w in args.pg_writers]
+        workers = ["--workers", str(args.server_workers)] if args.server_workers > 1 else []
         for k, (name, url, extra) in enumerate(configs):
-            proc, base = start_server(tmp / "bundle", url, extra)
+            proc, base = start_server(tmp / "bundle", url, extra + workers)
             try:
                 before = stored_events(url)
-                row = {"store": name, "load_avg_1m": os.getloadavg()[0]}
-                row["single"] = asyncio.run(ingest(base, f"s{k}", args.seconds, args.clients, 1))
-                row["batched"] = asyncio.run(
-                    ingest(base, f"b{k}", args.seconds, args.batch_clients, args.batch)
+                row = {
+                    "store": name,
+                    "load_avg_1m": os.getloadavg()[0],
+                    "server_workers": args.server_workers,
+                }
+                row["single"] = load(base, f"s{k}", args.seconds, args.clients, 1, args.client)
+                row["batched"] = load(
+                    base, f"b{k}", args.seconds, args.batch_clients, args.batch, args.client
                 )
             finally:
                 proc.terminate()

@@ -37,6 +37,7 @@ import numpy as np
 import psutil
 import torch
 
+import wrk_load
 from linkedout.synthetic import random_vector_bundle, synthetic_model
 from provenance import provenance
 
@@ -284,10 +285,15 @@ def workers_throughput(bundle_dir: Path, work: Path, bodies: list[dict], threads
     for w in args.workers:
         proc, base, startup = start_server(bundle_dir, work / f"w{w}.sqlite", [*threads, "--workers", str(w)])
         try:
-            asyncio.run(closed_loop(base, recommend_body(bodies), 1.0, args.concurrency))
-            run = asyncio.run(
-                closed_loop(base, recommend_body(bodies), args.closed_seconds, args.concurrency)
-            )
+            if args.client == "wrk":  # a C client: the server gets most of the 2 cores (wrk_load.py)
+                script = wrk_load.bodies_script("/v1/recommend", [{**b, "explain": False} for b in bodies])
+                wrk_load.run(base, script, 1, args.concurrency)
+                run = wrk_load.run(base, script, args.closed_seconds, args.concurrency)
+            else:
+                asyncio.run(closed_loop(base, recommend_body(bodies), 1.0, args.concurrency))
+                run = asyncio.run(
+                    closed_loop(base, recommend_body(bodies), args.closed_seconds, args.concurrency)
+                )
             run["startup_s"] = startup
             out[str(w)] = run
         finally:
@@ -375,6 +381,13 @@ def main() -> None:
     )
     ap.add_argument("--closed-seconds", type=float, default=5.0, help="length of each closed-loop run")
     ap.add_argument("--concurrency", type=int, default=32, help="closed-loop clients")
+    ap.add_argument(
+        "--client",
+        choices=["aiohttp", "wrk"],
+        default="aiohttp",
+        help="load generator of the workers comparison (wrk: C, little CPU of its own)",
+    )
+    ap.add_argument("--index", default="exact", help="index of the main open-loop runs (--index of serve)")
     ap.add_argument("--swaps", type=int, default=3, help="reloads during the swap-under-load run (0: none)")
     ap.add_argument("--swap-workers", type=int, default=2, help="worker processes of the swap run")
     ap.add_argument("--out", type=Path, default=None)
@@ -398,12 +411,15 @@ def main() -> None:
                 {"history": [f"i{i}" for i in rng.choice(n, size=args.history, replace=False)], "k": 10}
                 for _ in range(args.requests)
             ]
-            threads = ["--threads", str(args.server_threads)]
+            # every server of the run (an --ann run's own --index comes later on its command line: the
+            # last value of an option is the one the CLI takes)
+            threads = ["--threads", str(args.server_threads), "--index", args.index]
             proc, base, startup = start_server(work / f"b{n}", work / f"e{n}.sqlite", threads)
             try:
                 rss = psutil.Process(proc.pid).memory_info().rss / 2**20
                 row = {
                     "items": n,
+                    "index": args.index,
                     "startup_s": startup,
                     "rss_mb": rss,
                     "bundle_build_s": build_s,
