@@ -79,6 +79,31 @@ def test_a_conflict_fails_only_its_own_call_not_the_calls_committed_beside_it(st
     assert store.count_events() == 21
 
 
+def test_calls_committed_together_answer_as_they_would_alone_in_order(store):
+    """PostgreSQL inserts the events of a whole group of calls with one statement; every call still
+    gets its own answer, as if the calls had run one after another: an id's first copy is new, a later
+    copy with the same content a duplicate (also across calls and inside one call), with other content
+    a conflict of that call alone."""
+    store.append_events([Event("old", "u", "i0", 1.0)]).result()
+    calls = [
+        [Event("a", "u", "i1", 2.0)],
+        [Event("a", "u", "i1", 2.0), Event("b", "u", "i2", 3.0)],  # a: same content as the call before
+        [Event("old", "u", "i0", 1.0)],  # stored before the group
+        [Event("b", "u", "i3", 3.0)],  # b with another item: a conflict
+        [Event("c", "v", "i4", None), Event("c", "v", "i4", None)],
+        [Event("e", "v", "i5", 4.0), Event("e", "v", "i6", 4.0)],  # a repeat inside one call, changed
+    ]
+    futures = [store.append_events(c) for c in calls]  # queued together: one group on both backends
+    outcomes = []
+    for f in futures:
+        try:
+            outcomes.append(f.result())
+        except EventConflict:
+            outcomes.append("conflict")
+    assert outcomes == [(1, []), (1, ["a"]), (0, ["old"]), "conflict", (1, ["c"]), "conflict"]
+    assert store.count_events() == 4  # old, a, b, c: the conflicting calls stored nothing
+
+
 def test_history_is_ordered_by_ts_with_ties_by_arrival_and_limited_to_the_latest(store):
     store.append_events([Event("a", "u", "late", 30.0), Event("b", "u", "tie1", 20.0)]).result()
     store.append_events([Event("c", "u", "tie2", 20.0), Event("d", "u", "early", 10.0)]).result()
