@@ -122,6 +122,12 @@ def train_cmd(
     nproc: int = typer.Option(
         1, "--nproc", help="Training processes (DDP: gloo on CPU, nccl on CUDA); docs/distributed.md."
     ),
+    launcher: str = typer.Option(
+        "local", "--launcher", help="Who starts the --nproc workers: local (this machine) | ray (Ray Train)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster of --launcher ray (auto | host:port); default: a local Ray."
+    ),
     **settings: Any,
 ) -> None:
     """Train one model, pick the best validation epoch, evaluate on test, print a table (and JSON).
@@ -153,7 +159,17 @@ def train_cmd(
         path = dataset if dataset is not None else (None if events else "ml-100k")
         spec = DatasetSpec(path=path, format=format, min_rating=min_rating, events=events)
         mc, tc = recipe(model, proto.name, **settings)  # None (unset) leaves the recipe's value
-        if nproc > 1 or launched_by_torchrun():
+        if launcher not in ("local", "ray"):
+            raise ValueError(f"--launcher must be local or ray, not {launcher!r}")
+        if ray_address is not None and launcher != "ray":
+            raise ValueError("--ray-address goes with --launcher ray")
+        if launcher == "ray":
+            from linkedout.train.ray_launcher import launch_ray
+
+            result = launch_ray(
+                nproc, spec, proto, mc, tc, run_dir=run_dir, progress=not quiet, address=ray_address
+            )
+        elif nproc > 1 or launched_by_torchrun():
             result = run_distributed(spec, proto, mc, tc, nproc=nproc, run_dir=run_dir, progress=not quiet)
         else:
             result = run_experiment(spec, proto, mc, tc, run_dir=run_dir, progress=not quiet)

@@ -42,13 +42,11 @@ Why it is built like this:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +69,7 @@ from linkedout.extract.pipeline import (
     item_input_or_failure,
     store_options,
 )
+from linkedout.raycluster import connected
 from linkedout.store import FeatureStore
 from linkedout.video import DecodedClip, FrameSampler
 
@@ -84,10 +83,6 @@ RAY_INSTALL_HINT = "pip install -e '.[ray]'"
 # later) gets another chance; an item that kills its actor every time must not loop forever (Ray
 # Data's default for actor pools is to retry without end).
 _TASK_RETRIES = 2
-# A cluster address that does not answer is a user error to report, not something to wait on:
-# ray.init retries an unreachable GCS for minutes.
-_CONNECT_TIMEOUT_S = 5.0
-
 ExtractorFactory = Callable[[], Extractor]
 
 
@@ -116,41 +111,6 @@ class ExtractorRecipe:
 
 # --------------------------------------------------------------------------------------------------
 # cluster
-
-
-def _check_reachable(address: str) -> None:
-    """Fail fast on a ``host:port`` (or ``ray://host:port``) that nothing listens on."""
-    if address == "auto" or address.startswith(("local", "anyscale")):
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ExtractError(f"--address must be auto or host:port, not {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
-    except OSError as e:
-        raise ExtractError(
-            f"cannot reach the Ray cluster at {address} ({e}); start one with `ray start --head` "
-            "and pass the address it prints, or leave out --address to start a local one"
-        ) from None
-
-
-@contextlib.contextmanager
-def _connected(ray: Any, address: str | None, runtime_env: dict[str, Any] | None) -> Iterator[None]:
-    """Connect to ``address`` (None: start a local Ray for this run), unless already connected (a
-    caller's own ``ray.init``, which it also shuts down). A cluster we started is stopped after."""
-    if ray.is_initialized():
-        yield
-        return
-    if address is not None:
-        _check_reachable(address)
-    try:
-        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, logging_level="WARNING")
-    except ConnectionError as e:  # e.g. --address auto with no cluster running on this machine
-        raise ExtractError(f"cannot connect to a Ray cluster at {address}: {e}") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _check_resources(ray: Any, actors: int, gpus_per_actor: float, cpus_per_actor: float) -> None:
@@ -420,7 +380,7 @@ def extract_ray(
         raise ValueError("batch_size and actors must be >= 1, gpus_per_actor >= 0")
     ray = import_ray()
     items = list(catalog)[: limit if limit is not None else None]
-    with _connected(ray, address, runtime_env):
+    with connected(ray, address, runtime_env, ExtractError):
         cpus = ray.cluster_resources().get("CPU", 1.0)
         cpa = (
             default_cpus_per_actor(cpus, actors, gpus_per_actor) if cpus_per_actor is None else cpus_per_actor
