@@ -144,6 +144,8 @@ def main() -> None:
             kw = {"nprobe": args.nprobe} | ({"pq_m": args.pq_m} if kind == "ivfpq" else {})
         elif kind == "hnsw":
             kw = {"ef_search": args.ef_search}
+        if kind in ("flat", "ivf", "ivfpq", "hnsw"):
+            kw["cache_dir"] = False  # build_s is a build, never a read of an earlier run's cached index
         engine = reference if kind == "exact" else Engine(bundle, kind, **kw)
         build = time.perf_counter() - t
         rss = (proc.memory_info().rss - before) / 2**20

@@ -401,6 +401,8 @@ def main() -> None:
         "runs": [],
     }
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    # FAISS indexes built here (and by the servers started here) go to the run's own directory
+    os.environ["LINKEDOUT_INDEX_CACHE"] = str(work / "index-cache")
     try:
         for n in args.sizes:
             t = time.perf_counter()

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def index_cache():
+    """FAISS indexes built by tests (and by the servers they start, which inherit the environment) go
+    to a temporary cache, not the user's: every test's random catalogue would leave a file there."""
+    folder = Path(tempfile.mkdtemp(prefix="linkedout-index-cache-"))
+    saved = os.environ.get("LINKEDOUT_INDEX_CACHE")
+    os.environ["LINKEDOUT_INDEX_CACHE"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if saved is None:
+            os.environ.pop("LINKEDOUT_INDEX_CACHE", None)
+        else:
+            os.environ["LINKEDOUT_INDEX_CACHE"] = saved
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

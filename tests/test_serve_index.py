@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from linkedout.serve.index import (
     ExactIndex,
+    FaissIndex,
     bf16_error_bound,
     check_bf16_error_model,
     chunked_topk,
@@ -173,9 +174,63 @@ def test_index_options_reach_the_faiss_index_and_bad_ones_are_refused(tmp_path):
     options = parse_index_options("ivf", ["nlist=20", "nprobe=3"])
     state = State(ServeConfig(bundle=tmp_path / "b", index="ivf", index_options=options))
     try:
-        faiss_index = state.serving.engine.index._base
-        assert (faiss_index.nlist, faiss_index.nprobe) == (20, 3)
+        import faiss
+
+        ivf = faiss.extract_index_ivf(state.serving.engine.index._base)  # what FAISS itself was given
+        assert (ivf.nlist, ivf.nprobe) == (20, 3)
     finally:
         state.close()
     bad = CliRunner().invoke(app, ["serve", "--bundle", str(tmp_path / "b"), "--index-option", "nprobe=4"])
     assert bad.exit_code == 2 and "only apply to FAISS" in bad.output
+
+
+def test_faiss_flat_with_online_items_ranks_like_the_exact_index(tmp_path):
+    """The FAISS base is read-only; items added online live in an exact segment merged at search:
+    flat FAISS (exact inner products) + that segment == the exact index, blocked and excluded rows too."""
+    g = torch.Generator().manual_seed(4)
+    matrix = torch.randn(3000, 16, generator=g)
+    blocked = torch.zeros(3000, dtype=torch.bool)
+    blocked[[3, 99]] = True
+    flat = FaissIndex(matrix, blocked, "flat", cache_dir=tmp_path)
+    exact = ExactIndex(matrix, blocked)
+    for i, block in enumerate([False, True, False]):
+        new = torch.randn(5, 16, generator=g) * 2
+        assert flat.add(new, blocked=block) == exact.add(new, blocked=block) == 3000 + 5 * i
+    users = torch.randn(4, 16, generator=g)
+    exclude = [np.array([0, 3001]), np.array([], dtype=np.int64), np.array([3010, 5]), np.array([7])]
+    s, r = flat.search(users, 12, exclude)
+    ref_s, ref_r = exact.search(users, 12, exclude)
+    assert (r == ref_r).all()
+    torch.testing.assert_close(s, ref_s)
+    assert not set(range(3005, 3010)) & set(r.flatten().tolist())  # the blocked online batch
+    torch.testing.assert_close(flat.vectors(torch.tensor([1, 3012])), exact.vectors(torch.tensor([1, 3012])))
+
+
+def test_faiss_index_is_built_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    matrix = torch.randn(4000, 16, generator=g)
+    first = FaissIndex(matrix, None, "hnsw", cache_dir=tmp_path, ef_search=64)
+    assert first.cache_path is not None and first.cache_path.exists()
+
+    def no_build(*a, **k):
+        raise AssertionError("built again although the cache holds it")
+
+    monkeypatch.setattr(FaissIndex, "_build", staticmethod(no_build))
+    again = FaissIndex(matrix, None, "hnsw", cache_dir=tmp_path, ef_search=64)  # e.g. a second worker
+    users = torch.randn(6, 16, generator=g)
+    s1, r1 = first.search(users, 10)
+    s2, r2 = again.search(users, 10)
+    assert (r1 == r2).all()
+    torch.testing.assert_close(s1, s2)
+    monkeypatch.undo()
+    # other rows, other blocked rows or other build options are other indexes
+    blocked = torch.zeros(4000, dtype=torch.bool)
+    blocked[0] = True
+    paths = {
+        first.cache_path,
+        FaissIndex(matrix * 2, None, "hnsw", cache_dir=tmp_path).cache_path,
+        FaissIndex(matrix, blocked, "hnsw", cache_dir=tmp_path).cache_path,
+        FaissIndex(matrix, None, "hnsw", cache_dir=tmp_path, hnsw_m=8).cache_path,
+    }
+    assert len(paths) == 4
+    assert FaissIndex(matrix, None, "hnsw", cache_dir=tmp_path, ef_search=256).cache_path == first.cache_path
