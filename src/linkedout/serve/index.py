@@ -303,13 +303,13 @@ def check_bf16_error_model(dim: int, bound: float, n: int = 4096, seed: int = 0)
 class FaissIndex:
     """FAISS over the same rows (ids = row numbers, so results map back like `ExactIndex`'s).
 
-        Two segments, like `ExactIndex`: the bundle's rows in a FAISS index that is never written after it
-        is built, and items added online in a small exact segment (searched in full and merged). Built
-        once per (rows, kind, build options) and kept in ``cache_dir`` (default: `default_index_cache`):
-        the first server process builds and writes it under a file lock, the others and later starts read
-        it memory-mapped (``IO_FLAG_MMAP_IFC``), so worker processes share its vectors through the page
-        cache instead of each building (HNSW at 100k: tens of seconds) and holding its own.
-        ``cache_dir=False`` builds in memory only. Row lookups (history vectors,
+    Two segments, like `ExactIndex`: the bundle's rows in a FAISS index that is never written after it
+    is built, and items added online in a small exact segment (searched in full and merged). Built
+    once per (rows, kind, build options) and kept in ``cache_dir`` (default: `default_index_cache`):
+    the first server process builds and writes it under a file lock, the others and later starts read
+    it memory-mapped (``IO_FLAG_MMAP_IFC``), so worker processes share its vectors through the page
+    cache instead of each building (HNSW at 100k: tens of seconds) and holding its own.
+    ``cache_dir=False`` builds in memory only. Row lookups (history vectors,
     explanations) read the bundle's float32 matrix itself: memory-mapped, not copied."""
 
     def __init__(
