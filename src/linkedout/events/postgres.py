@@ -149,6 +149,8 @@ def _append_batches(conn: psycopg.Connection, batches: list[_EventBatch]) -> lis
     been alone, in order: an id's first copy in the group is new, a later copy is a duplicate if its
     content is the same and an `EventConflict` otherwise (like an id stored before the group)."""
     rows = [r for b in batches for r in b.rows]
+    if not rows:
+        return [(0, []) for _ in batches]
     inserted = {
         r[0] for r in conn.execute(_INSERT_EVENTS, tuple(map(list, zip(*rows, strict=True)))).fetchall()
     }
