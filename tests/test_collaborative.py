@@ -151,13 +151,14 @@ def test_cold_items_are_scored_from_content(name):
     assert (margin > 0).float().mean() > 0.9
 
 
-def test_lightgcn_propagation_equals_the_dense_normalised_adjacency():
+@pytest.mark.parametrize("rule", ["self", "zero"])
+def test_lightgcn_propagation_equals_the_dense_normalised_adjacency(rule):
     rng = np.random.default_rng(0)
     n_users, n_items, dim = 7, 9, 5
     users = rng.integers(0, n_users - 1, 25)  # the last user has no edges
     items = rng.integers(0, n_items - 2, 25)  # the last two items have none (cold)
     users, items = np.append(users, users[0]), np.append(items, items[0])  # a repeated event
-    encoder_config = ModelConfig(name="lightgcn", dim=dim, layers=3)
+    encoder_config = ModelConfig(name="lightgcn", dim=dim, layers=3, isolated=rule)
     model = build_model(encoder_config, n_items, 8, n_users=n_users)
     assert isinstance(model, LightGCN)
     model.set_graph(users, items)
@@ -165,12 +166,13 @@ def test_lightgcn_propagation_equals_the_dense_normalised_adjacency():
     model.adjacency = model.adjacency.double()
     with torch.no_grad():
         fast = model.double().propagate(layer0)
-    reference = dense_propagation(layer0, users, items, n_users, layers=3)
+    reference = dense_propagation(layer0, users, items, n_users, layers=3, isolated=rule)
     torch.testing.assert_close(fast, reference)
-    # nodes without edges keep their layer-0 vector times alpha_0 (cold items are served from it)
-    torch.testing.assert_close(fast[n_users - 1], layer0[n_users - 1] / 4)
-    torch.testing.assert_close(fast[-2:], layer0[-2:] / 4)
-    assert model.new_item_scale == 1 / 4
+    # nodes without edges: their layer-0 vector (rule self) or a quarter of it (zero: alpha_0 = 1/4)
+    scale = 1.0 if rule == "self" else 1 / 4
+    torch.testing.assert_close(fast[n_users - 1], layer0[n_users - 1] * scale)
+    torch.testing.assert_close(fast[-2:], layer0[-2:] * scale)
+    assert model.new_item_scale == scale
 
 
 def test_lightgcn_caches_propagation_in_eval_and_drops_it_on_train():

@@ -42,6 +42,8 @@ from linkedout.data.batches import ragged_positions
 from linkedout.models.base import ItemEncoder
 from linkedout.models.bpr import BPRMF, Embeddings
 
+ISOLATED_RULES = ("self", "zero")  # what a node without edges gets in the propagated layers
+
 
 def _torch_geometric():
     try:
@@ -83,17 +85,28 @@ class LightGCN(BPRMF):
         layers: int = 3,
         negatives: int = 1,
         trained_items: torch.Tensor | None = None,
+        isolated: str = "self",
+        isolate_items: float = 0.0,
     ) -> None:
         super().__init__(item_encoder, n_users, negatives=negatives, trained_items=trained_items)
         if layers < 1:
             raise ValueError(f"lightgcn needs at least one layer, got {layers}")
+        if isolated not in ISOLATED_RULES:
+            raise ValueError(
+                f"lightgcn: unknown rule for isolated items {isolated!r}; one of {ISOLATED_RULES}"
+            )
+        if not 0.0 <= isolate_items < 1.0:
+            raise ValueError(f"lightgcn: isolate_items is a share of items in [0, 1), got {isolate_items}")
         LGConv, _, _ = _torch_geometric()
         self.layers = layers
+        self.isolated = isolated
+        self.isolate_items = isolate_items
         self.convs = nn.ModuleList([LGConv(normalize=False) for _ in range(layers)])
         # the graph of `fit`: not saved with the weights (`fit` rebuilds it from the split), and a plain
         # attribute rather than a buffer: DDP broadcasts every buffer at the start, and every rank
         # builds the same graph in `fit` anyway (a sparse CSR broadcast is not worth depending on)
         self.adjacency: torch.Tensor | None = None
+        self._pairs: tuple[np.ndarray, np.ndarray] | None = None  # the graph's distinct (user, item) edges
 
     def fit(self, split) -> None:
         """Build the normalised user-item graph of ``split``'s training events."""
@@ -105,32 +118,54 @@ class LightGCN(BPRMF):
 
     def set_graph(self, users: np.ndarray, items: np.ndarray) -> None:
         """The training graph from parallel arrays of (user index, item index) events."""
-        device = self.trained_users.device
-        adjacency = interaction_graph(users, items, self.n_users, self.n_items)
-        self.adjacency = adjacency.to(device)
+        pairs = np.unique(np.stack([users, items]).astype(np.int64), axis=1)
+        self._pairs = (pairs[0], pairs[1])
+        self.adjacency = interaction_graph(pairs[0], pairs[1], self.n_users, self.n_items).to(
+            self.trained_users.device
+        )
         self._cache = None
 
-    def propagate(self, layer0: torch.Tensor) -> torch.Tensor:
-        """Mean of layers 0..K over the graph (nodes without edges: layer 0 / (K + 1))."""
-        if self.adjacency is None:
+    def isolated_graph(self) -> torch.Tensor:
+        """The training graph with a random ``isolate_items`` share of the items that have edges cut
+        out (all their edges gone, the rest renormalised): what cold-start training propagates over."""
+        if self._pairs is None:
             raise RuntimeError("LightGCN has no graph yet: call fit(split) first (the trainer does)")
-        if self.adjacency.device != layer0.device:  # moved by .to() after fit: not a buffer
-            self.adjacency = self.adjacency.to(layer0.device)
+        users, items = self._pairs
+        cut = torch.rand(self.n_items, device=self.trained_users.device) < self.isolate_items
+        keep = ~cut.cpu().numpy()[items]
+        return interaction_graph(users[keep], items[keep], self.n_users, self.n_items)
+
+    def propagate(self, layer0: torch.Tensor, adjacency: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of layers 0..K over the graph (``adjacency``, default the training graph); a node
+        without edges gets its layer 0 (rule ``self``) or layer 0 / (K + 1) (rule ``zero``)."""
+        if adjacency is None:
+            if self.adjacency is None:
+                raise RuntimeError("LightGCN has no graph yet: call fit(split) first (the trainer does)")
+            if self.adjacency.device != layer0.device:  # moved by .to() after fit: not a buffer
+                self.adjacency = self.adjacency.to(layer0.device)
+            adjacency = self.adjacency
+        adjacency = adjacency.to(layer0.device)
         x, total = layer0, layer0
         for conv in self.convs:
-            x = conv(x, self.adjacency)
+            x = conv(x, adjacency)
             total = total + x
-        return total / (self.layers + 1)
+        out = total / (self.layers + 1)
+        if self.isolated == "self":
+            no_edges = (adjacency.crow_indices().diff() == 0)[:, None]
+            out = torch.where(no_edges, layer0, out)
+        return out
 
     def embeddings(self) -> Embeddings:
         items, aux = self.item_encoder.encode_all()
-        out = self.propagate(torch.cat([self.user_embedding.weight, items.to(self.user_embedding.weight)]))
+        layer0 = torch.cat([self.user_embedding.weight, items.to(self.user_embedding.weight)])
+        cut = self.training and self.isolate_items > 0
+        out = self.propagate(layer0, self.isolated_graph() if cut else None)
         return Embeddings(out[: self.n_users], out[self.n_users :], None, aux)
 
     @property
     def new_item_scale(self) -> float:
-        """What an item without edges (a new one) keeps of its layer-0 vector: alpha_0."""
-        return 1.0 / (self.layers + 1)
+        """What an item without edges (a new one) keeps of its layer-0 vector (rule ``isolated``)."""
+        return 1.0 if self.isolated == "self" else 1.0 / (self.layers + 1)
 
     def pair_scores(
         self, users: torch.Tensor, items: torch.Tensor
@@ -141,10 +176,16 @@ class LightGCN(BPRMF):
 
 
 def dense_propagation(
-    layer0: torch.Tensor, users: np.ndarray, items: np.ndarray, n_users: int, layers: int
+    layer0: torch.Tensor,
+    users: np.ndarray,
+    items: np.ndarray,
+    n_users: int,
+    layers: int,
+    isolated: str = "self",
 ) -> torch.Tensor:
     """Reference for `LightGCN.propagate`: the normalised adjacency as a dense matrix, powers applied
-    one by one (for tests on tiny graphs)."""
+    one by one, a node without edges repeating its layer 0 as every propagated layer under rule
+    ``self`` (for tests on tiny graphs)."""
     n = layer0.shape[0]
     adj = torch.zeros(n, n, dtype=layer0.dtype)
     adj[torch.as_tensor(users), torch.as_tensor(items) + n_users] = 1.0
@@ -155,5 +196,7 @@ def dense_propagation(
     x, layers_out = layer0, [layer0]
     for _ in range(layers):
         x = norm @ x
+        if isolated == "self":
+            x = torch.where((degree == 0)[:, None], layer0, x)
         layers_out.append(x)
     return torch.stack(layers_out).mean(0)
