@@ -151,14 +151,14 @@ def test_cold_items_are_scored_from_content(name):
     assert (margin > 0).float().mean() > 0.9
 
 
-@pytest.mark.parametrize("rule", ["self", "zero"])
-def test_lightgcn_propagation_equals_the_dense_normalised_adjacency(rule):
+@pytest.mark.parametrize("isolated_scale", [None, 0.5])
+def test_lightgcn_propagation_equals_the_dense_normalised_adjacency(isolated_scale):
     rng = np.random.default_rng(0)
     n_users, n_items, dim = 7, 9, 5
     users = rng.integers(0, n_users - 1, 25)  # the last user has no edges
     items = rng.integers(0, n_items - 2, 25)  # the last two items have none (cold)
     users, items = np.append(users, users[0]), np.append(items, items[0])  # a repeated event
-    encoder_config = ModelConfig(name="lightgcn", dim=dim, layers=3, isolated=rule)
+    encoder_config = ModelConfig(name="lightgcn", dim=dim, layers=3, isolated_scale=isolated_scale)
     model = build_model(encoder_config, n_items, 8, n_users=n_users)
     assert isinstance(model, LightGCN)
     model.set_graph(users, items)
@@ -166,10 +166,10 @@ def test_lightgcn_propagation_equals_the_dense_normalised_adjacency(rule):
     model.adjacency = model.adjacency.double()
     with torch.no_grad():
         fast = model.double().propagate(layer0)
-    reference = dense_propagation(layer0, users, items, n_users, layers=3, isolated=rule)
+    reference = dense_propagation(layer0, users, items, n_users, layers=3, isolated_scale=isolated_scale)
     torch.testing.assert_close(fast, reference)
-    # nodes without edges: their layer-0 vector (rule self) or a quarter of it (zero: alpha_0 = 1/4)
-    scale = 1.0 if rule == "self" else 1 / 4
+    # nodes without edges: their layer-0 vector times the scale, by default alpha_0 = 1/4
+    scale = 1 / 4 if isolated_scale is None else isolated_scale
     torch.testing.assert_close(fast[n_users - 1], layer0[n_users - 1] * scale)
     torch.testing.assert_close(fast[-2:], layer0[-2:] * scale)
     assert model.new_item_scale == scale
@@ -270,3 +270,34 @@ def test_served_top_k_equals_the_model_for_known_users_and_anonymous_histories(t
         row = int(np.flatnonzero(cold)[0])
         vector, _ = engine.encode_tokens(features.tokens[row].float().numpy())
         torch.testing.assert_close(vector, engine.index.vectors(torch.tensor([row]))[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("isolate", [0.0, 0.3])
+def test_lightgcn_cold_twin_of_a_warm_item_ranks_next_to_it(isolate):
+    """A cold item whose content equals a warm item's ranks near that warm item for the users who like
+    it (rule ``self``: an item without edges keeps its whole layer-0 vector, on the warm items' scale),
+    with or without cold-start training. Under the old rule (layer 0 times alpha_0 = 1/3) the twin
+    sank below the group's warm items (the test fails with ``isolated="zero"``)."""
+    seed_everything(0)
+    s = split(_planted_log(n_users=120), Protocol("t", max_seq_len=8, mask_history=True, cold_items=0.2))
+    item_group = s.data.item_ids.astype(np.int64) // ITEMS_PER_GROUP
+    features = _group_features(s.n_items, item_group)
+    counts = s.train_item_counts()
+    cold = np.flatnonzero(counts == 0)
+    twin = int(cold[0])
+    group = item_group[twin]
+    warm_same_group = np.flatnonzero((counts > 0) & (item_group == group))
+    original = int(warm_same_group[np.argmax(counts[warm_same_group])])  # the group's most watched
+    features.tokens[twin] = features.tokens[original]
+    model = _build(
+        "lightgcn", s, features, item_encoder="caption", dropout=0.0, layers=2, isolate_items=isolate
+    )
+    train(model, s, FAST, progress=False)
+    model.eval()
+    users = torch.as_tensor(np.flatnonzero(np.arange(s.data.n_users) % GROUPS == group))
+    scores = model.score_all_items(torch.full((len(users), 1), PAD), users)
+    order = scores.argsort(1, descending=True)
+    rank = lambda item: (order == item).nonzero()[:, 1].float()  # noqa: E731
+    # the group has ITEMS_PER_GROUP items in all: the twin is among them, next to its original
+    assert float((rank(twin) - rank(original)).abs().median()) <= 2
+    assert float(rank(twin).median()) < ITEMS_PER_GROUP

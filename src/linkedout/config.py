@@ -30,8 +30,8 @@ class ModelConfig:
     # pairwise families (bpr, lightgcn)
     negatives: int = flag_field(1, "--negatives", "bpr, lightgcn: negatives drawn per positive.")
     layers: int = flag_field(3, "--layers", "lightgcn: propagation layers K.")
-    isolated: str = flag_field(
-        "self", "--isolated", "lightgcn: an item without edges: self (layer 0 in every layer) | zero"
+    isolated_scale: float | None = flag_field(
+        None, "--isolated-scale", "lightgcn: a cold item's vector = its layer 0 times this (default 1/(K+1))."
     )
     isolate_items: float = flag_field(
         0.0, "--isolate-items", "lightgcn: share of warm items cut from the graph per step (cold-start)."

@@ -104,7 +104,7 @@ def build_model(
             items,
             n_users,
             layers=config.layers,
-            isolated=config.isolated,
+            isolated_scale=config.isolated_scale,
             isolate_items=config.isolate_items,
             **kw,
         )

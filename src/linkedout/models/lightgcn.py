@@ -42,8 +42,6 @@ from linkedout.data.batches import ragged_positions
 from linkedout.models.base import ItemEncoder
 from linkedout.models.bpr import BPRMF, Embeddings
 
-ISOLATED_RULES = ("self", "zero")  # what a node without edges gets in the propagated layers
-
 
 def _torch_geometric():
     try:
@@ -85,21 +83,19 @@ class LightGCN(BPRMF):
         layers: int = 3,
         negatives: int = 1,
         trained_items: torch.Tensor | None = None,
-        isolated: str = "self",
+        isolated_scale: float | None = None,
         isolate_items: float = 0.0,
     ) -> None:
         super().__init__(item_encoder, n_users, negatives=negatives, trained_items=trained_items)
         if layers < 1:
             raise ValueError(f"lightgcn needs at least one layer, got {layers}")
-        if isolated not in ISOLATED_RULES:
-            raise ValueError(
-                f"lightgcn: unknown rule for isolated items {isolated!r}; one of {ISOLATED_RULES}"
-            )
+        if isolated_scale is not None and not isolated_scale > 0:
+            raise ValueError(f"lightgcn: isolated_scale must be > 0 (or None: 1/(K+1)), got {isolated_scale}")
         if not 0.0 <= isolate_items < 1.0:
             raise ValueError(f"lightgcn: isolate_items is a share of items in [0, 1), got {isolate_items}")
         LGConv, _, _ = _torch_geometric()
         self.layers = layers
-        self.isolated = isolated
+        self.isolated_scale = isolated_scale
         self.isolate_items = isolate_items
         self.convs = nn.ModuleList([LGConv(normalize=False) for _ in range(layers)])
         # the graph of `fit`: not saved with the weights (`fit` rebuilds it from the split), and a plain
@@ -137,7 +133,7 @@ class LightGCN(BPRMF):
 
     def propagate(self, layer0: torch.Tensor, adjacency: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of layers 0..K over the graph (``adjacency``, default the training graph); a node
-        without edges gets its layer 0 (rule ``self``) or layer 0 / (K + 1) (rule ``zero``)."""
+        without edges gets its layer 0 times `new_item_scale`."""
         if adjacency is None:
             if self.adjacency is None:
                 raise RuntimeError("LightGCN has no graph yet: call fit(split) first (the trainer does)")
@@ -150,10 +146,10 @@ class LightGCN(BPRMF):
             x = conv(x, adjacency)
             total = total + x
         out = total / (self.layers + 1)
-        if self.isolated == "self":
-            no_edges = (adjacency.crow_indices().diff() == 0)[:, None]
-            out = torch.where(no_edges, layer0, out)
-        return out
+        if self.isolated_scale is None:
+            return out  # the formula's own: layer 0 / (K + 1)
+        no_edges = (adjacency.crow_indices().diff() == 0)[:, None]
+        return torch.where(no_edges, layer0 * self.isolated_scale, out)
 
     def embeddings(self) -> Embeddings:
         items, aux = self.item_encoder.encode_all()
@@ -164,8 +160,9 @@ class LightGCN(BPRMF):
 
     @property
     def new_item_scale(self) -> float:
-        """What an item without edges (a new one) keeps of its layer-0 vector (rule ``isolated``)."""
-        return 1.0 if self.isolated == "self" else 1.0 / (self.layers + 1)
+        """What an item without edges (a cold or new one) keeps of its layer-0 vector: ``isolated_scale``,
+        or the formula's alpha_0 = 1 / (K + 1) when that is None."""
+        return 1.0 / (self.layers + 1) if self.isolated_scale is None else self.isolated_scale
 
     def pair_scores(
         self, users: torch.Tensor, items: torch.Tensor
@@ -181,11 +178,11 @@ def dense_propagation(
     items: np.ndarray,
     n_users: int,
     layers: int,
-    isolated: str = "self",
+    isolated_scale: float | None = None,
 ) -> torch.Tensor:
     """Reference for `LightGCN.propagate`: the normalised adjacency as a dense matrix, powers applied
-    one by one, a node without edges repeating its layer 0 as every propagated layer under rule
-    ``self`` (for tests on tiny graphs)."""
+    one by one, then a node without edges set to its layer 0 times ``isolated_scale`` (for tests on
+    tiny graphs)."""
     n = layer0.shape[0]
     adj = torch.zeros(n, n, dtype=layer0.dtype)
     adj[torch.as_tensor(users), torch.as_tensor(items) + n_users] = 1.0
@@ -196,7 +193,8 @@ def dense_propagation(
     x, layers_out = layer0, [layer0]
     for _ in range(layers):
         x = norm @ x
-        if isolated == "self":
-            x = torch.where((degree == 0)[:, None], layer0, x)
         layers_out.append(x)
-    return torch.stack(layers_out).mean(0)
+    out = torch.stack(layers_out).mean(0)
+    if isolated_scale is None:
+        return out
+    return torch.where((degree == 0)[:, None], layer0 * isolated_scale, out)
