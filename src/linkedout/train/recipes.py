@@ -41,6 +41,14 @@ RECIPES: dict[tuple[str, str], tuple[dict, dict]] = {
         {"dim": 64, "negatives": 4, "layers": 2},
         {"batch_size": 64, "lr": 1e-2, "weight_decay": 0.1, "patience": 5},
     ),
+    # microlens (where cold items are measured, benchmarks/families.py): an item without edges keeps half
+    # its layer-0 vector, and 20% of warm items are cut from the graph per step so content learns to
+    # rank alone; chosen on ml-100k validation with 20% cold items (benchmarks/lightgcn_cold.py,
+    # docs/benchmarks.md "LightGCN cold items")
+    ("lightgcn", "microlens"): (
+        {"dim": 64, "negatives": 4, "layers": 2, "isolated_scale": 0.5, "isolate_items": 0.2},
+        {"batch_size": 64, "lr": 1e-2, "weight_decay": 0.1, "patience": 5},
+    ),
     # tiger: lr 2e-3 beat 5e-3 on ml-100k recbole validation (id and caption semantic IDs); batch 64
     # costs less per window than 32 on its code-token stream (4 tokens per item)
     ("tiger", "*"): (
