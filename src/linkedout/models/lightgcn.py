@@ -14,13 +14,26 @@ the user-item training graph, with torch_geometric's light graph convolution (`L
 - Layer 0 of the items comes from `build_item_encoder`, so content and content+id item encoders work as
   for every other family; layer 0 of the users is a table. ``--layers`` sets K (ModelConfig.layers; not
   ``--blocks``, which means transformer blocks / GRU layers elsewhere).
-- Items with no training edges (cold items, e.g. ``--cold-items``) have nothing to propagate: the
-  formula leaves them ``e^0 / (K + 1)``, their layer-0 vector (the content encoder's output) scaled
-  by alpha_0 - that is how a cold item is served, from content. Kept scaled on purpose: unscaled, the
-  content vector outranked every warm item's smoothed vector (ml-100k, caption + id, ``--cold-items
-  0.1``, one seed: valid NDCG@10 0.012 unscaled vs 0.059 scaled, warm test NDCG@10 0.0004 vs 0.042).
-  Users without edges are likewise at ``e^0 / (K + 1)``; scoring folds them in from their history
-  anyway (bpr.py).
+- Items with no training edges (cold items, e.g. ``--cold-items``; new items at serving time) have
+  nothing to propagate: the formula leaves them ``e^0 / (K + 1)``, their layer-0 (content) vector
+  scaled by alpha_0, while warm items add K propagated layers. On ml-100k (microlens, 20% cold items,
+  text features) that kept every cold item out of every top 10 (cold NDCG@10 0) although content
+  orders them well among themselves. ``--isolated-scale s`` gives an item without edges ``s * e^0``
+  instead (the formula's value when unset; 1 = its layer 0 standing in for every missing layer). The
+  ranking is steep in ``s``: 1 floods every top 10 with cold items (warm NDCG@10 ~0.003), alpha_0 = 1/3
+  shows none; on validation 0.5 was the largest scale whose NDCG@10 over all users stayed within one
+  standard error (over seeds) of the best, and it is the microlens recipe's (train/recipes.py;
+  benchmarks/lightgcn_cold.py, docs/benchmarks.md "LightGCN cold items"). The scale is a calibration
+  of content against propagated vectors, so it holds for the K it was chosen with (2).
+- Cold-start training (``--isolate-items p``, DropoutNet's idea on the graph): every training step cuts
+  a random share ``p`` of the items out of the graph (all their edges; the rest renormalised), so
+  those items are scored from ``s * e^0`` exactly as a cold item is, and the content path learns to
+  rank next to propagated vectors. Costs one graph rebuild per step (`interaction_graph` on the kept
+  edges).
+  An id-fused item encoder still gives an isolated item its id half (only a truly cold item has its
+  id zeroed): the isolation teaches the graph side, not the id gate.
+  Users without edges are likewise at ``s * e^0``; scoring folds them in from their history anyway
+  (bpr.py). Serving gives a new item ``s * content`` (`new_item_scale`, written into the bundle).
 - Loss, negatives, weight decay, fold-in of an anonymous history (mean of the history's final item
   vectors) and the cache of the final vectors in eval mode are `BPRMF`'s (bpr.py). No item bias
   (the paper has none).
