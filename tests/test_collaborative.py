@@ -175,6 +175,38 @@ def test_lightgcn_propagation_equals_the_dense_normalised_adjacency(isolated_sca
     assert model.new_item_scale == scale
 
 
+def test_lightgcn_isolated_graph_cuts_items_and_propagates_like_the_dense_reference():
+    """Cold-start training: the step's graph has a random share of the items cut out (no edges left),
+    the rest renormalised; propagating over it equals the dense reference built from the kept edges,
+    and the cut items come out as a cold item does (layer 0 times the scale)."""
+    rng = np.random.default_rng(1)
+    n_users, n_items, dim = 8, 12, 4
+    users, items = rng.integers(0, n_users, 60), rng.integers(0, n_items, 60)
+    config = ModelConfig(name="lightgcn", dim=dim, layers=2, isolated_scale=0.5, isolate_items=0.4)
+    model = build_model(config, n_items, 8, n_users=n_users)
+    model.set_graph(users, items)
+    torch.manual_seed(0)
+    adjacency = model.isolated_graph()
+    item_degree = adjacency.crow_indices().diff()[n_users:]
+    had_edges = np.isin(np.arange(n_items), items)
+    cut = had_edges & (item_degree == 0).numpy()
+    assert 0 < cut.sum() < had_edges.sum()  # some items cut, some kept
+    kept = ~cut[items]
+    layer0 = torch.randn(n_users + n_items, dim, dtype=torch.float64)
+    with torch.no_grad():
+        fast = model.double().propagate(layer0, adjacency.double())
+    reference = dense_propagation(layer0, users[kept], items[kept], n_users, layers=2, isolated_scale=0.5)
+    torch.testing.assert_close(fast, reference)
+    cut_rows = torch.as_tensor(np.flatnonzero(cut)) + n_users
+    torch.testing.assert_close(fast[cut_rows], layer0[cut_rows] * 0.5)
+
+
+@pytest.mark.parametrize(("field", "value"), [("isolated_scale", 0.0), ("isolate_items", 1.0)])
+def test_lightgcn_rejects_bad_cold_item_settings(field, value):
+    with pytest.raises(ValueError, match=f"lightgcn: {field}"):
+        build_model(ModelConfig(name="lightgcn", dim=4, **{field: value}), 5, 8, n_users=3)
+
+
 def test_lightgcn_caches_propagation_in_eval_and_drops_it_on_train():
     s = split(_planted_log(), MASKED)
     model = _build("lightgcn", s)

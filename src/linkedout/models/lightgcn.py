@@ -142,7 +142,8 @@ class LightGCN(BPRMF):
         users, items = self._pairs
         cut = torch.rand(self.n_items, device=self.trained_users.device) < self.isolate_items
         keep = ~cut.cpu().numpy()[items]
-        return interaction_graph(users[keep], items[keep], self.n_users, self.n_items)
+        graph = interaction_graph(users[keep], items[keep], self.n_users, self.n_items)
+        return graph.to(self.trained_users.device)
 
     def propagate(self, layer0: torch.Tensor, adjacency: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of layers 0..K over the graph (``adjacency``, default the training graph); a node
@@ -153,7 +154,6 @@ class LightGCN(BPRMF):
             if self.adjacency.device != layer0.device:  # moved by .to() after fit: not a buffer
                 self.adjacency = self.adjacency.to(layer0.device)
             adjacency = self.adjacency
-        adjacency = adjacency.to(layer0.device)
         x, total = layer0, layer0
         for conv in self.convs:
             x = conv(x, adjacency)
