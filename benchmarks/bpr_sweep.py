@@ -2,6 +2,8 @@
 split). Writes benchmarks/results/bpr_sweep.json; test metrics are never computed here.
 
     .venv/bin/python benchmarks/bpr_sweep.py --set patience=10 --set weight_decay=0.01,lr=3e-3 [--seeds 0]
+    .venv/bin/python benchmarks/bpr_sweep.py --summary              # the sweep, mean ± std over seeds
+    .venv/bin/python benchmarks/bpr_sweep.py --peers-summary benchmarks/results/peers_bpr_seeds.json
 
 Protocol: ``recbole`` with the history masked (what `benchmarks/peers.py --linkedout bpr:masked` runs;
 linkedout's split of the cached ml-100k equals the split of peers.py's ordered file, which peers.py
@@ -34,13 +36,48 @@ def parse_setting(text: str) -> dict:
     return out
 
 
+def summary(path: Path, *, peers: bool) -> str:
+    """Markdown: per setting (or per peers.py row), validation (and for peers, test) NDCG@10 / HR@10 as
+    mean ± std over the seeds in the file, with the seeds listed."""
+    import numpy as np
+
+    runs = json.loads(path.read_text())["runs"]
+    group = (lambda r: (r["side"], r["model"])) if peers else (lambda r: (r["model"], r["setting"]))
+    cols = (
+        [("best_valid_ndcg10", "valid NDCG@10"), ("ndcg10", "test NDCG@10"), ("hr10", "test HR@10")]
+        if peers
+        else [("valid_ndcg10", "valid NDCG@10"), ("valid_hr10", "valid HR@10"), ("best_epoch", "best epoch")]
+    )
+    lines = [
+        "| " + " | ".join(["row", "seeds", *(c for _, c in cols)]) + " |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
+    for key in dict.fromkeys(group(r) for r in runs):
+        rs = sorted((r for r in runs if group(r) == key), key=lambda r: r["seed"])
+        cells = []
+        for field, _ in cols:
+            v = np.array([r[field] for r in rs], dtype=float)
+            digits = 1 if field == "best_epoch" else 4
+            cells.append(
+                f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
+            )
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        lines.append(f"| {' '.join(map(str, key))} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", dest="settings", action="append", default=[], help="field=value,... or base")
     ap.add_argument("--model", default="bpr")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bpr_sweep.json"))
+    ap.add_argument("--summary", action="store_true", help="print --out's settings, mean ± std over seeds")
+    ap.add_argument("--peers-summary", type=Path, help="print a peers.py results file, mean ± std over seeds")
     args = ap.parse_args()
+    if args.summary or args.peers_summary:
+        print(summary(args.peers_summary or args.out, peers=bool(args.peers_summary)))
+        return
 
     from linkedout.data.protocol import get_protocol
     from linkedout.train.recipes import recipe
