@@ -4,6 +4,7 @@ VALIDATION only. Writes benchmarks/results/lightgcn_cold.json.
 
     .venv/bin/python benchmarks/lightgcn_cold.py [--features id text text-layers] [--isolate 0]
         [--scales 0.4 0.45 0.5 ...] [--seeds 0 1] [--out benchmarks/results/lightgcn_cold.json]
+    .venv/bin/python benchmarks/lightgcn_cold.py --summary RESULTS.json ... [--scales ...]   # table only
 
 ml-100k, microlens protocol, 20% cold items (as benchmarks/families.py), lightgcn's recipe. Per
 (feature, isolate share, seed): one training run (cold items do not take part in training, so
@@ -74,6 +75,30 @@ def one_setting(feature: str, isolate: float, train_scale, scales: list, seed: i
     return rows
 
 
+def summary(paths: list[Path], scales: list[float]) -> str:
+    """Markdown: per (feature, isolate share, scale), validation NDCG@10 on all / warm / cold /
+    cold-among-cold users, mean ± std over the seeds in ``paths``."""
+    import numpy as np
+
+    runs = [r for p in paths for r in json.loads(p.read_text())["runs"]]
+    runs = [r for r in runs if any(abs(r["scale_value"] - s) < 1e-3 for s in scales)]
+    head = ["feature", "isolate", "scale", "seeds", *(f"valid NDCG@10 {s}" for s in SUBSETS)]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    keys = sorted({(r["feature"], r["isolate_items"], round(r["scale_value"], 3)) for r in runs})
+    for feature, isolate, scale in keys:
+        rs = [
+            r
+            for r in runs
+            if (r["feature"], r["isolate_items"], round(r["scale_value"], 3)) == (feature, isolate, scale)
+        ]
+        cells = []
+        for s in SUBSETS:
+            v = np.array([r["valid"][s]["NDCG@10"] for r in rs])
+            cells.append(f"{v.mean():.4f} ± {v.std():.4f}")
+        lines.append(f"| {feature} | {isolate} | {scale:.3f} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", nargs="+", default=["id", "text", "text-layers"])
@@ -82,7 +107,11 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 1.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/lightgcn_cold.json"))
+    ap.add_argument("--summary", type=Path, nargs="+", help="only print these results files' table")
     args = ap.parse_args()
+    if args.summary:
+        print(summary(args.summary, [1 / 3, *args.scales]))
+        return
 
     from linkedout.data.protocol import get_protocol
     from linkedout.train.run import DatasetSpec, prepare_split
