@@ -21,10 +21,10 @@ the user-item training graph, with torch_geometric's light graph convolution (`L
   orders them well among themselves. ``--isolated-scale s`` gives an item without edges ``s * e^0``
   instead (the formula's value when unset; 1 = its layer 0 standing in for every missing layer). The
   ranking is steep in ``s``: 1 floods every top 10 with cold items (warm NDCG@10 ~0.003), alpha_0 = 1/3
-  shows none; on validation 0.5 was the largest scale whose NDCG@10 over all users stayed within one
-  standard error (over seeds) of the best, and it is the microlens recipe's (train/recipes.py;
-  benchmarks/lightgcn_cold.py, docs/benchmarks.md "LightGCN cold items"). The scale is a calibration
-  of content against propagated vectors, so it holds for the K it was chosen with (2).
+  shows none; on validation, with ``--isolate-items 0.2``, 0.5 was the largest scale whose NDCG@10
+  over all users stayed within one standard error (over seeds) of the best: the microlens recipe's
+  (train/recipes.py; benchmarks/lightgcn_cold.py, docs/benchmarks.md "LightGCN cold items"). The
+  scale calibrates content against propagated vectors, so it holds for the K it was chosen with (2).
 - Cold-start training (``--isolate-items p``, DropoutNet's idea on the graph): every training step cuts
   a random share ``p`` of the items out of the graph (all their edges; the rest renormalised), so
   those items are scored from ``s * e^0`` exactly as a cold item is, and the content path learns to
