@@ -33,9 +33,9 @@ RECIPES: dict[tuple[str, str], tuple[dict, dict]] = {
     # pairwise families: tuned on ml-100k validation under recbole with the history masked (general
     # models rank unseen items; `linkedout train --mask-history`); batch_size counts windows (~34
     # positives each on ml-100k), weight_decay is their L2
-    # bpr patience 10 (was 5): over 5 seeds its validation NDCG@10 peaks late in some (epoch 25 where
-    # patience 5 stopped at 6-14), 0.0569 vs 0.0554 (benchmarks/bpr_sweep.py, docs/benchmarks.md
-    # "BPR against implicit's BPR")
+    # bpr patience 10 (was 5): validation NDCG@10 is noisy and peaks late in some seeds (epoch 25 where
+    # patience 5 had stopped after a best at 6 or 14); 5 seeds: 0.0569 vs 0.0554 on validation, test
+    # unchanged (benchmarks/bpr_sweep.py, docs/benchmarks.md "BPR against implicit's BPR")
     ("bpr", "*"): (
         {"dim": 64, "negatives": 8},
         {"batch_size": 64, "lr": 1e-2, "weight_decay": 0.1, "patience": 10},
