@@ -41,8 +41,9 @@ def test_every_flagged_config_field_is_listed_by_train_help():
     assert result.exit_code == 0, result.output
     flagged = config_flags(ModelConfig) + config_flags(TrainConfig)
     # the 20 hyperparameters the CLI offered before they moved into the fields, + bpr/lightgcn's 2
-    # (negatives, layers) + tiger's 3 (code levels, codebook size, beam)
-    assert len(flagged) == 20 + 2 + 3
+    # (negatives, layers) + tiger's 3 (code levels, codebook size, beam) + lightgcn's cold items 2
+    # (isolated scale, isolate items)
+    assert len(flagged) == 20 + 2 + 3 + 2
     for _, flag in flagged:
         for spelling in flag.split("/"):  # "--id-fusion/--no-id-fusion": both spellings are listed
             assert spelling in result.output
@@ -55,6 +56,10 @@ def test_mask_history_overrides_the_protocol_and_names_it(captured):
     assert result.exit_code == 0, result.output
     assert captured["protocol"].mask_history and captured["protocol"].name == "recbole[mask_history=True]"
     assert captured["model"].layers == 2
+    runner.invoke(
+        app, ["train", "--model", "lightgcn", "--isolated-scale", "0.5", "--isolate-items", "0.2", "-q"]
+    )
+    assert (captured["model"].isolated_scale, captured["model"].isolate_items) == (0.5, 0.2)
     runner.invoke(app, ["train", "--model", "bpr", "-q"])
     assert not captured["protocol"].mask_history  # unset: the preset's own choice
 

@@ -30,6 +30,12 @@ class ModelConfig:
     # pairwise families (bpr, lightgcn)
     negatives: int = flag_field(1, "--negatives", "bpr, lightgcn: negatives drawn per positive.")
     layers: int = flag_field(3, "--layers", "lightgcn: propagation layers K.")
+    isolated_scale: float | None = flag_field(
+        None, "--isolated-scale", "lightgcn: a cold item's vector = its layer 0 times this (default 1/(K+1))."
+    )
+    isolate_items: float = flag_field(
+        0.0, "--isolate-items", "lightgcn: share of warm items cut from the graph per step (cold-start)."
+    )
     # item side (issue: LinkedOut item encoders); features come from a feature store
     item_encoder: str = flag_field(
         "id", "--item-encoder", "id | last | mean | dff | linkedout | caption", show_default=True

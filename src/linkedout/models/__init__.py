@@ -100,7 +100,14 @@ def build_model(
             return BPRMF(items, n_users, **kw)
         from linkedout.models.lightgcn import LightGCN
 
-        return LightGCN(items, n_users, layers=config.layers, **kw)
+        return LightGCN(
+            items,
+            n_users,
+            layers=config.layers,
+            isolated_scale=config.isolated_scale,
+            isolate_items=config.isolate_items,
+            **kw,
+        )
     if config.name == "tiger":
         from linkedout.models.tiger import build_tiger
 
