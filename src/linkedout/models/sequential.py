@@ -135,8 +135,9 @@ class SequentialRecommender(Recommender):
         items - its history and its targets, PAD left out - and both the history and the candidates
         are gathered from it: with a content encoder the step costs what the batch touches, once.
         ``reference_in_batch_loss`` (history and candidates encoded apart, PAD as item 0) gives the
-        same loss and gradients when nothing random runs (tests); the aux loss differs by design:
-        computed once over the distinct items instead of once per encode."""
+        same loss and gradients when nothing random runs (tests). Two differences by design: the
+        aux loss is computed once over the distinct items instead of once per encode, and an item
+        both in a history and among the candidates gets one ID-dropout draw per step, not two."""
         seen = batch.inputs != PAD
         history = batch.inputs[seen]
         targets = batch.targets[valid]
