@@ -3,12 +3,14 @@ id-only, caption-text, last-layer, mean-of-layers, DFF and LinkedOut, all with t
 warm and cold-start, under the given protocols, mean and std over seeds.
 
     .venv/bin/python benchmarks/item_encoders.py [--protocols microlens recbole] [--seeds 0 1 2]
-        [--encoders id caption last mean dff linkedout] [--cold 0 0.2]
+        [--encoders id caption last mean dff linkedout] [--cold 0 0.2] [--losses ce inbatch]
         [--jobs 2] [--out benchmarks/results/item_encoders.json]
     .venv/bin/python benchmarks/item_encoders.py --table OUT1.json OUT2.json   # merged table, no runs
 
-Features are extracted once into $LINKEDOUT_CACHE/features/ (resumable). Every run is a fresh
-subprocess so its peak RSS is its own. Prints a markdown table for docs/benchmarks.md.
+``--losses``: ``ce`` is the recipe's full softmax; ``inbatch`` is the in-batch softmax with the logQ
+correction (``--loss inbatch --logq``), every other setting the recipe's; its runs are labelled
+"ENCODER inbatch". Features are extracted once into $LINKEDOUT_CACHE/features/ (resumable). Every
+run is a fresh subprocess so its peak RSS is its own. Prints a markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def feature_stores() -> dict[str, Path]:
     return stores
 
 
-def one_run(protocol: str, cold: float, encoder: str, seed: int, features: str) -> dict:
+def one_run(protocol: str, cold: float, encoder: str, seed: int, features: str, loss: str = "ce") -> dict:
     from linkedout.data.protocol import get_protocol
     from linkedout.train.recipes import encoder_settings, recipe
     from linkedout.train.run import DatasetSpec, run_experiment
@@ -54,7 +56,8 @@ def one_run(protocol: str, cold: float, encoder: str, seed: int, features: str) 
     proto = get_protocol(protocol, cold_items=cold or None)
     settings = encoder_settings(encoder)
     features = None if settings["item_encoder"] == "id" else features
-    mc, tc = recipe("sasrec", proto.name, seed=seed, features=features, **settings)
+    in_batch = {"loss": "inbatch", "logq": True} if loss == "inbatch" else {}
+    mc, tc = recipe("sasrec", proto.name, seed=seed, features=features, **settings, **in_batch)
     r = run_experiment(DatasetSpec("ml-100k"), proto, mc, tc, progress=False)
     row = r.to_json()
     epochs = len(row.pop("history"))
@@ -73,30 +76,35 @@ def main() -> None:
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cold", type=float, nargs="+", default=[0.0, 0.2])
+    ap.add_argument("--losses", nargs="+", default=["ce"], choices=["ce", "inbatch"])
     ap.add_argument(
         "--table", type=Path, nargs="+", help="only print the merged table of earlier --out files"
     )
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side (1 thread each at 2)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/item_encoders.json"))
     ap.add_argument(
-        "--one", nargs=5, metavar=("PROTOCOL", "COLD", "ENCODER", "SEED", "FEATURES"), help=argparse.SUPPRESS
+        "--one",
+        nargs=6,
+        metavar=("PROTOCOL", "COLD", "ENCODER", "SEED", "FEATURES", "LOSS"),
+        help=argparse.SUPPRESS,
     )
     args = ap.parse_args()
     if args.table:
         print(markdown_encoder_table([r for f in args.table for r in json.loads(f.read_text())["runs"]]))
         return
     if args.one:
-        p, c, e, s, f = args.one
-        print(json.dumps(one_run(p, float(c), e, int(s), f)))
+        p, c, e, s, f, loss = args.one
+        print(json.dumps(one_run(p, float(c), e, int(s), f, loss)))
         return
 
     made_by = provenance()  # before the first write: this run's own output must not mark the tree dirty
     stores = feature_stores()
     jobs = [
-        (protocol, cold, encoder, seed)
+        (protocol, cold, encoder, loss, seed)
         for protocol in args.protocols
         for cold in args.cold
         for encoder in args.encoders
+        for loss in args.losses
         for seed in args.seeds
     ]
     # --jobs N: N runs side by side, each on its share of the cores (threads never oversubscribed)
@@ -105,21 +113,31 @@ def main() -> None:
     done_runs: dict[int, dict] = {}
 
     def launch(i: int) -> None:
-        protocol, cold, encoder, seed = jobs[i]
+        protocol, cold, encoder, loss, seed = jobs[i]
         features = stores["caption" if encoder.startswith("caption") else "text"]
-        cmd = [sys.executable, __file__, "--one", protocol, str(cold), encoder, str(seed), str(features)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            protocol,
+            str(cold),
+            encoder,
+            str(seed),
+            str(features),
+            loss,
+        ]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if done.returncode:
             print(done.stderr[-2000:], file=sys.stderr)
             raise RuntimeError(f"run failed: {' '.join(cmd)}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
-        row["label"] = encoder
+        row["label"] = encoder if loss == "ce" else f"{encoder} {loss}"
         row["provenance"] = made_by  # per run: --table merges runs of several files
         done_runs[i] = row
         cold_ndcg = row["metrics_cold"].get("NDCG@10", float("nan"))
         print(
-            f"{protocol:9s} cold={cold:.1f} {encoder:12s} seed {seed}: "
+            f"{protocol:9s} cold={cold:.1f} {row['label']:20s} seed {seed}: "
             f"NDCG@10 {row['metrics']['NDCG@10']:.4f} cold {cold_ndcg:.4f} "
             f"epoch {row['best_epoch']} {time.perf_counter() - t0:.0f}s",
             flush=True,

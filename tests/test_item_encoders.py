@@ -260,3 +260,83 @@ def test_explain_user_and_layer_plot_read_the_model_contract(encoder, tmp_path):
     assert sum(exp.user_layer_weights) == pytest.approx(1.0, abs=1e-5)
     png = plot_layer_weights(model, exp, tmp_path / "w.png", n_items=10)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def random_window_batch(n_items: int, rows: int, length: int, seed: int) -> TrainBatch:
+    """Left-padded next-item windows with repeated items (the dedup must see duplicates and PAD)."""
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(0, n_items, (rows, length + 1), generator=g)
+    for r in range(rows):
+        seq[r, : int(torch.randint(0, length, (1,), generator=g))] = -1
+    return TrainBatch(seq[:, :-1].clone(), seq[:, 1:].clone())
+
+
+@pytest.mark.parametrize(
+    ("family", "encoder"),
+    [
+        ("sasrec", "id"),
+        ("sasrec", "dff"),
+        ("sasrec", "linkedout"),
+        ("sasrec", "linkedout+id"),
+        ("gru4rec", "linkedout"),
+        ("twotower", "dff"),
+        ("twotower", "caption"),
+    ],
+)
+def test_in_batch_loss_encoding_distinct_items_once_equals_the_reference(family, encoder):
+    """Fast path (one encode of unique(history U targets), PAD left out) vs reference (history with PAD
+    as item 0, then the candidates encoded again): same loss and the same gradient on every parameter,
+    with nothing random running (eval mode, dropout 0, ID dropout 0) and logQ on."""
+    from linkedout.data.batches import PAD
+    from linkedout.train.recipes import encoder_settings
+
+    counts = np.arange(40) % 7  # some items untrained, uneven popularity for logQ
+    config = ModelConfig(
+        name=family,
+        dim=16,
+        dropout=0.0,
+        id_dropout=0.0,
+        loss="inbatch",
+        logq=True,
+        **encoder_settings(encoder),
+    )
+    torch.manual_seed(0)
+    # eval mode: the caption/last/mean projections keep a fixed dropout of their own
+    model = build_model(config, 40, 6, counts, random_features(40)).eval()
+    for seed in range(3):
+        batch = random_window_batch(40, rows=5, length=6, seed=seed)
+        valid = (batch.inputs != PAD) & (batch.targets != PAD)
+        results = []
+        for path in (model.in_batch_loss, model.reference_in_batch_loss):
+            model.zero_grad()
+            loss, aux = path(batch, valid)
+            assert aux is None
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            results.append((loss.detach(), grads))
+        (fast, fast_grads), (reference, reference_grads) = results
+        torch.testing.assert_close(fast, reference)
+        assert fast_grads.keys() == reference_grads.keys() and fast_grads
+        for name in fast_grads:
+            torch.testing.assert_close(fast_grads[name], reference_grads[name], msg=name)
+
+
+def test_in_batch_step_encodes_each_distinct_item_once_and_never_pad():
+    from linkedout.data.batches import PAD
+
+    torch.manual_seed(0)
+    config = ModelConfig(item_encoder="linkedout", dim=16, loss="inbatch")
+    model = build_model(config, 30, 6, np.ones(30), random_features()).train()
+    encoded: list[torch.Tensor] = []
+    original = model.item_encoder.encode_items
+    model.item_encoder.encode_items = lambda items: encoded.append(items.clone()) or original(items)
+    batch = TrainBatch(
+        torch.tensor([[PAD, PAD, 3, 4, 3], [7, 3, 9, 9, 12]]),
+        torch.tensor([[PAD, 3, 4, 3, 20], [3, 9, 9, 12, 4]]),
+    )
+    model.loss(batch)
+    assert [t.tolist() for t in encoded] == [[3, 4, 7, 9, 12, 20]]  # item 0 (where PAD was clamped) absent
+    encoded.clear()
+    valid = (batch.inputs != PAD) & (batch.targets != PAD)
+    model.reference_in_batch_loss(batch, valid)
+    assert [t.tolist() for t in encoded] == [[0, 3, 4, 7, 9, 12], [3, 4, 9, 12, 20]]

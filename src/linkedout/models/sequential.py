@@ -5,7 +5,9 @@ Losses:
   SASRec in recent reproductions; cheap while the catalogue fits a [positions, items] logit matrix).
 - ``inbatch``: softmax over the batch's target items only, optionally with the log-popularity
   ("logQ") correction, and with items of the row's own history masked out of the negatives (DFF /
-  MicroLens style; scales to catalogues where full softmax does not).
+  MicroLens style; scales to catalogues where full softmax does not). Each distinct item of the batch
+  (history and targets, PAD left out) goes through the item encoder once per step, so a content
+  encoder's cost follows the batch, not the catalogue.
 """
 
 from __future__ import annotations
@@ -70,12 +72,13 @@ class SequentialRecommender(Recommender):
         self, history: torch.Tensor, item_matrix: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         valid = history != PAD
-        items = history.clamp(min=0)
         if item_matrix is not None:
-            x, aux = item_matrix[items], None
+            x, aux = item_matrix[history.clamp(min=0)] * valid[..., None], None
         else:
-            x, aux = self.item_encoder.encode(items)
-        return self.user_encoder(x * valid[..., None], valid), aux
+            items, inverse = torch.unique(history[valid], return_inverse=True)
+            vectors, aux = self.item_encoder.encode(items)
+            x = gather_rows(vectors, inverse, valid)
+        return self.user_encoder(x, valid), aux
 
     def item_matrix(self) -> torch.Tensor:
         """All item vectors ``[n_items, D]``; computed once per evaluation (cached while not training)."""
@@ -110,9 +113,7 @@ class SequentialRecommender(Recommender):
             columns = F.pad(self.softmax_column[targets], (0, pad), value=IGNORE)
             loss = F.cross_entropy(self.softmax_logits(states, matrix), columns, ignore_index=IGNORE)
         else:
-            states, aux = self._encode_history(batch.inputs)
-            loss, aux_candidates = self._in_batch_loss(states[valid], targets, batch, valid)
-            aux = add_aux(aux, aux_candidates)
+            loss, aux = self.in_batch_loss(batch, valid)
         return loss if aux is None else loss + aux
 
     def softmax_logits(self, states: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -127,11 +128,51 @@ class SequentialRecommender(Recommender):
         """Every item's logit, untrained items masked to -inf: columns are item indices."""
         return (states @ matrix.T).masked_fill(self.softmax_column < 0, NEG_INF)
 
-    def _in_batch_loss(
-        self, states: torch.Tensor, targets: torch.Tensor, batch: TrainBatch, valid: torch.Tensor
+    def in_batch_loss(
+        self, batch: TrainBatch, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        candidates, target_col = torch.unique(targets, return_inverse=True)
-        vectors, aux = self.item_encoder.encode(candidates)
+        """The ``inbatch`` loss and the item encoder's aux loss. One encode of the batch's distinct
+        items - its history and its targets, PAD left out - and both the history and the candidates
+        are gathered from it: with a content encoder the step costs what the batch touches, once.
+        ``reference_in_batch_loss`` (history and candidates encoded apart, PAD as item 0) gives the
+        same loss and gradients when nothing random runs (tests). Two differences by design: the
+        aux loss is computed once over the distinct items instead of once per encode, and an item
+        both in a history and among the candidates gets one ID-dropout draw per step, not two."""
+        seen = batch.inputs != PAD
+        history = batch.inputs[seen]
+        targets = batch.targets[valid]
+        items, inverse = torch.unique(torch.cat([history, targets]), return_inverse=True)
+        vectors, aux = self.item_encoder.encode(items)
+        states = self.user_encoder(gather_rows(vectors, inverse[: len(history)], seen), seen)[valid]
+        # the candidates are the distinct targets, in item order like torch.unique(targets) would give
+        rows, target_col = torch.unique(inverse[len(history) :], return_inverse=True)
+        loss = self._candidate_softmax(states, items[rows], vectors[rows], target_col, batch, valid)
+        return loss, aux
+
+    def reference_in_batch_loss(
+        self, batch: TrainBatch, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`in_batch_loss` as first written: the history ``[B, L]`` encoded with PAD clamped to item
+        0, then the candidates encoded a second time (kept for the equivalence test and the benchmark)."""
+        x, aux = self.item_encoder.encode(batch.inputs.clamp(min=0))
+        seen = batch.inputs != PAD
+        states = self.user_encoder(x * seen[..., None], seen)[valid]
+        candidates, target_col = torch.unique(batch.targets[valid], return_inverse=True)
+        vectors, aux_candidates = self.item_encoder.encode(candidates)
+        loss = self._candidate_softmax(states, candidates, vectors, target_col, batch, valid)
+        return loss, add_aux(aux, aux_candidates)
+
+    def _candidate_softmax(
+        self,
+        states: torch.Tensor,
+        candidates: torch.Tensor,
+        vectors: torch.Tensor,
+        target_col: torch.Tensor,
+        batch: TrainBatch,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """Cross-entropy of ``states`` over the sorted ``candidates`` (their ``vectors``), logQ-corrected,
+        with each row's own window masked out of its negatives."""
         logits = states @ vectors.T - self.logq[candidates][None, :]
         # items in the row user's own window are not negatives for that user (only its target counts)
         window = torch.cat([batch.inputs, batch.targets[:, -1:]], dim=1)
@@ -143,5 +184,14 @@ class SequentialRecommender(Recommender):
         )
         row = torch.arange(window.shape[0], device=window.device)[:, None].expand_as(batch.inputs)[valid]
         mask = seen[row]
-        mask[torch.arange(len(targets), device=mask.device), target_col] = False
-        return F.cross_entropy(logits.masked_fill(mask, NEG_INF), target_col), aux
+        mask[torch.arange(len(states), device=mask.device), target_col] = False
+        return F.cross_entropy(logits.masked_fill(mask, NEG_INF), target_col)
+
+
+def gather_rows(vectors: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[*valid.shape, D]``: ``vectors[rows]`` at the True places of ``valid`` (in order), zeros at
+    the others (PAD positions), by one gather from the rows plus a zero row."""
+    table = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[-1])])
+    index = torch.full(valid.shape, len(vectors), dtype=torch.long, device=valid.device)
+    index[valid] = rows
+    return table[index]
