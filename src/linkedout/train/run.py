@@ -241,7 +241,7 @@ def run_experiment(
     """Every rank of a distributed run (``world``) calls this; rank 0 evaluates test and writes the
     run directory once, and every rank returns rank 0's result."""
     seed_everything(train_config.seed)
-    log = spec.sharded() if prepared is None else None
+    log = spec.sharded()  # streamed: ``prepared`` (if given) is then its evaluation sample
     if log is not None and model_config.name not in STREAMED_MODELS:
         raise ValueError(
             f"model {model_config.name!r} cannot train from a sharded log (it needs every event at once "
