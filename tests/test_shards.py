@@ -179,7 +179,7 @@ def test_train_streams_a_sharded_log_end_to_end(tmp_path):
     out = tmp_path / "r.json"
     args = ["train", "--dataset", str(shards), "--model", "sasrec", "--loss", "inbatch", "--logq"]
     args += ["--epochs", "1", "--eval-users", "50", "--dim", "16", "--precision", "fp32", "--max-len", "10"]
-    args += ["--json", str(out), "-q"]
+    args += ["--json", str(out), "--run-dir", str(tmp_path / "run"), "-q"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     row = json.loads(out.read_text())
@@ -189,6 +189,11 @@ def test_train_streams_a_sharded_log_end_to_end(tmp_path):
     assert epoch["targets"] >= row["data"]["train_targets"]  # every training target, at least once
     assert 0 < epoch["train_seconds"] <= epoch["seconds"]
     assert 0.0 <= row["metrics"]["NDCG@10"] <= 1.0
+    again = tmp_path / "again.json"
+    result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "run"), "--json", str(again)])
+    assert result.exit_code == 0, result.output
+    # the same weights on the same evaluation sample: the same numbers
+    assert json.loads(again.read_text())["metrics"] == pytest.approx(row["metrics"])
 
 
 def test_bad_input_is_named(tmp_path):
