@@ -80,6 +80,7 @@ def train(
     if batches is not None and world is not None:
         raise ValueError("training from a sharded log runs in one process (--nproc 1)")
     rng = np.random.default_rng(config.seed)  # the same epoch order on every rank (see shard_epoch)
+    in_ram = SplitWindows.of(split) if batches is None else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step_loss: Callable[[TrainBatch], torch.Tensor] = model.loss
     batch_size = config.batch_size
@@ -115,7 +116,7 @@ def train(
                 epoch_batches = ((*b, None) for b in batches.epoch(rng, batch_size, config.jitter))
                 bar.update(epoch=epoch, step=0, steps=0)  # drawn shard by shard: not known up front
             else:
-                n_steps, epoch_batches = split_epoch(split, rng, config, batch_size, world)
+                n_steps, epoch_batches = in_ram.epoch(rng, config, batch_size, world)
                 bar.update(epoch=epoch, step=0, steps=n_steps)
             total, steps, n_targets = 0.0, 0, 0
             for inputs, targets, users, weight in epoch_batches:
@@ -181,34 +182,45 @@ def train(
     return best
 
 
-def split_epoch(
-    split: Split, rng: np.random.Generator, config: TrainConfig, batch_size: int, world: World | None
-) -> tuple[int, Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, float | None]]]:
-    """One epoch of an in-RAM split's shuffled windows: (steps, batches of (inputs, targets, users,
-    loss weight)); under a `World`, this rank's share of every step and its loss weight."""
-    train_items, train_starts, train_ends = split.train_sequences()
-    train_users = split.train_users()
-    windows = TrainWindows(train_starts, train_ends, split.protocol.max_seq_len)
-    w_start, w_end = windows.sample(rng if config.jitter else None)
-    if not config.jitter:
-        order = rng.permutation(len(w_end))
-        w_start, w_end = w_start[order], w_end[order]
-    weights = None
-    if world is not None:
-        from linkedout.train.distributed import shard_epoch
+@dataclass(frozen=True)
+class SplitWindows:
+    """An in-RAM split's training sequences, read once; `epoch` draws that epoch's shuffled windows."""
 
-        shard = shard_epoch(w_start, w_end, windows.length, config.batch_size, world)
-        w_start, w_end, weights = shard.w_start, shard.w_end, shard.step_weights
+    items: np.ndarray
+    starts: np.ndarray
+    users: np.ndarray  # split user index of each training sequence
+    windows: TrainWindows
 
-    def batches() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, float | None]]:
-        for step, lo in enumerate(range(0, len(w_end), batch_size)):
-            starts_b = w_start[lo : lo + batch_size]
-            inputs, targets = windows.batch(train_items, starts_b, w_end[lo : lo + batch_size])
-            # a window starts where its user's sequence starts: that names the user
-            users = train_users[np.searchsorted(train_starts, starts_b, side="right") - 1]
-            yield inputs, targets, users, None if weights is None else weights[step]
+    @classmethod
+    def of(cls, split: Split) -> SplitWindows:
+        items, starts, ends = split.train_sequences()
+        return cls(items, starts, split.train_users(), TrainWindows(starts, ends, split.protocol.max_seq_len))
 
-    return math.ceil(len(w_end) / batch_size), batches()
+    def epoch(
+        self, rng: np.random.Generator, config: TrainConfig, batch_size: int, world: World | None
+    ) -> tuple[int, Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, float | None]]]:
+        """(steps, batches of (inputs, targets, users, loss weight)); under a `World`, this rank's
+        share of every step and the weight of its loss (see `shard_epoch`)."""
+        w_start, w_end = self.windows.sample(rng if config.jitter else None)
+        if not config.jitter:
+            order = rng.permutation(len(w_end))
+            w_start, w_end = w_start[order], w_end[order]
+        weights = None
+        if world is not None:
+            from linkedout.train.distributed import shard_epoch
+
+            shard = shard_epoch(w_start, w_end, self.windows.length, config.batch_size, world)
+            w_start, w_end, weights = shard.w_start, shard.w_end, shard.step_weights
+
+        def batches() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, float | None]]:
+            for step, lo in enumerate(range(0, len(w_end), batch_size)):
+                starts_b = w_start[lo : lo + batch_size]
+                inputs, targets = self.windows.batch(self.items, starts_b, w_end[lo : lo + batch_size])
+                # a window starts where its user's sequence starts: that names the user
+                users = self.users[np.searchsorted(self.starts, starts_b, side="right") - 1]
+                yield inputs, targets, users, None if weights is None else weights[step]
+
+        return math.ceil(len(w_end) / batch_size), batches()
 
 
 def _epoch_line(metric: str) -> Callable[[ProgressState], str]:
