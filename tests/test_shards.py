@@ -69,6 +69,19 @@ def test_sharded_split_gives_every_user_the_in_ram_split(tmp_path, string_users)
     assert seen == whole.data.n_users  # every user in exactly one shard
 
 
+def test_a_csv_log_shards_like_its_in_ram_load(tmp_path):
+    import pyarrow.csv as pcsv
+
+    table = pq.read_table(write_log(tmp_path / "log.parquet", n_events=800))
+    path = tmp_path / "log.csv"
+    pcsv.write_csv(table.drop_columns(["timestamp"]), path)  # no time column: the row order is time
+    log = shard_log(path, tmp_path / "shards", 3, batch_rows=100)  # several record batches
+    whole = split(load_interactions(path).interactions, RECBOLE)
+    np.testing.assert_array_equal(log.item_ids, whole.data.item_ids)
+    np.testing.assert_array_equal(log.train_counts, whole.train_item_counts())
+    assert log.n_events == 800 and log.manifest["source"] == {"log": str(path)}
+
+
 def test_streamed_windows_are_the_in_ram_windows(tmp_path):
     path = write_log(tmp_path / "log.parquet", n_events=4000)
     log = shard_log(path, tmp_path / "shards", 3)
