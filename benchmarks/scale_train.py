@@ -136,6 +136,7 @@ def child(args: argparse.Namespace) -> dict:
 
 def measure(args: argparse.Namespace, results: dict) -> None:
     runs = results.setdefault("runs", {})
+    made_by = provenance()  # at the start: the code the runs below are made with
     for events in args.events:
         path = ensure_log(args, events)
         for encoder in args.encoders:
@@ -150,7 +151,7 @@ def measure(args: argparse.Namespace, results: dict) -> None:
                 cmd += ["--features", str(ensure_tokens(args))]
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
             row = json.loads(out.strip().splitlines()[-1])
-            row["provenance"] = provenance()
+            row["provenance"] = made_by
             runs[key] = row
             print(
                 f"{key}: {row['events_per_s']:,.0f} events/s, epoch {row['train_seconds']:.0f} s, "
