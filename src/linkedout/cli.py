@@ -86,11 +86,36 @@ def data_info_cmd(
             typer.echo(f"item {item_id}: {ds.item_meta[item_id]}")
 
 
+@app.command("shard")
+def shard_cmd(
+    log: Path = typer.Argument(..., help="Log file to shard: Parquet, or CSV/TSV with a header."),
+    out: Path = typer.Option(..., "--out", help="Directory of the sharded log (must not hold one)."),
+    shards: int = typer.Option(..., "--shards", help="Number of shards (users hash-partitioned)."),
+    user_col: str | None = typer.Option(None, "--user-col"),
+    item_col: str | None = typer.Option(None, "--item-col"),
+    time_col: str | None = typer.Option(None, "--time-col"),
+) -> None:
+    """Write a log as Parquet shards of whole users, streaming (never loaded whole), for
+    `linkedout train --dataset DIR`: see docs/data.md, "Sharded logs"."""
+    import json
+
+    from linkedout.data.formats import DataFormatError
+    from linkedout.data.shards import shard_log
+
+    try:
+        result = shard_log(log, out, shards, user_col=user_col, item_col=item_col, time_col=time_col)
+    except (DataFormatError, FileNotFoundError, FileExistsError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result.summary(), indent=1, default=str))
+
+
 def train_cmd(
     dataset: str | None = typer.Option(
         None,
         "--dataset",
-        help="Sample name (ml-100k) or a path to a log (with --events: the base log the events extend).",
+        help="Sample name (ml-100k), a path to a log (with --events: the base log the events extend), "
+        "or a sharded log directory (`linkedout shard`; streamed one shard at a time).",
         show_default="ml-100k; none with --events",
     ),
     events: str | None = typer.Option(
@@ -128,6 +153,12 @@ def train_cmd(
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster of --launcher ray (auto | host:port); default: a local Ray."
     ),
+    eval_users: int | None = typer.Option(
+        None,
+        "--eval-users",
+        help="Sharded logs: validate and test on a seeded sample of this many users.",
+        show_default="10000",
+    ),
     **settings: Any,
 ) -> None:
     """Train one model, pick the best validation epoch, evaluate on test, print a table (and JSON).
@@ -157,7 +188,11 @@ def train_cmd(
             mask_history=mask_history,
         )
         path = dataset if dataset is not None else (None if events else "ml-100k")
-        spec = DatasetSpec(path=path, format=format, min_rating=min_rating, events=events)
+        spec = DatasetSpec(
+            path=path, format=format, min_rating=min_rating, events=events, eval_users=eval_users
+        )
+        if nproc > 1 and spec.sharded() is not None:
+            raise ValueError("a sharded log trains in one process: drop --nproc")
         mc, tc = recipe(model, proto.name, **settings)  # None (unset) leaves the recipe's value
         if launcher not in ("local", "ray"):
             raise ValueError(f"--launcher must be local or ray, not {launcher!r}")

@@ -1,18 +1,25 @@
-"""Small in-memory models and bundles for tests, benchmarks and trying the server without training.
+"""Small in-memory models and bundles for tests, benchmarks and trying the server without training;
+SYNTHETIC interaction logs for scale measurements (`synthetic_log`).
 
 Nothing here is a recommender anyone should deploy: weights are random. What is real is the plumbing:
-the same `bundle_from_model` `linkedout export` uses, so a synthetic bundle exercises every serving path.
+the same `bundle_from_model` `linkedout export` uses, so a synthetic bundle exercises every serving path,
+and a synthetic log is written by the same `ShardSetWriter` as `linkedout shard`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from linkedout.export import bundle_from_model
 from linkedout.serve.bundle import Bundle
+
+if TYPE_CHECKING:
+    from linkedout.data.shards import ShardedLog
 
 KINDS = ("video", "video", "prompt", "new")
 
@@ -83,3 +90,80 @@ def random_vector_bundle(n_items: int, dim: int = 64, max_len: int = 50, seed: i
         n_items, item_encoder="id", dim=dim, max_len=max_len, seed=seed, titles=[None] * n_items
     )
     return bundle
+
+
+def synthetic_log(
+    root: str | Path,
+    n_events: int,
+    *,
+    n_items: int = 100_000,
+    events_per_shard: int = 500_000,
+    mean_user_events: float = 20.0,
+    mean_session_events: float = 5.0,
+    zipf: float = 1.0,
+    topic_share: float = 0.7,
+    topic_width: float = 20.0,
+    seed: int = 0,
+) -> ShardedLog:
+    """Write a SYNTHETIC sharded log of exactly ``n_events`` events, one shard at a time (memory: one
+    shard), labelled synthetic in its manifest with every parameter below.
+
+    - Popularity: item of popularity rank r drawn with p ~ 1 / (r + 10) ** ``zipf`` (a Zipf law with a
+      flattened head), ranks shuffled against the ids.
+    - Users: lengths 3 + geometric (mean ``mean_user_events``), so every user has a test event.
+    - Sessions: a new session starts with probability 1 / ``mean_session_events`` per event; a session
+      has an anchor item drawn by popularity, and each of its events is, with probability
+      ``topic_share``, an item near the anchor in popularity rank (offset ~ N(0, ``topic_width``),
+      reflected at the head: neighbours of a hit are near-hits, so the skew survives), else a
+      popularity draw. Minutes between events of a session, days between sessions. So next items are
+      predictable from recent ones, as in real sessions; the neighbourhoods are a stand-in for topics.
+    """
+    from linkedout.data.shards import ShardSetWriter
+
+    if n_events < 3 or n_items < 2:
+        raise ValueError(f"a synthetic log needs >= 3 events and >= 2 items, got {n_events}, {n_items}")
+    params = {
+        "n_events": n_events,
+        "n_items": n_items,
+        "events_per_shard": events_per_shard,
+        "mean_user_events": mean_user_events,
+        "mean_session_events": mean_session_events,
+        "zipf": zipf,
+        "topic_share": topic_share,
+        "topic_width": topic_width,
+        "seed": seed,
+    }
+    source = {"SYNTHETIC": "linkedout.synthetic.synthetic_log (Zipf popularity, sessions)", **params}
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / (np.arange(n_items) + 10.0) ** zipf
+    cdf = np.cumsum(weights / weights.sum())
+    by_rank = rng.permutation(n_items)  # item index of each popularity rank
+    writer = ShardSetWriter(root, np.arange(n_items, dtype=np.int64), source)
+    n_shards = max(1, math.ceil(n_events / events_per_shard))
+    first_user = 0
+    for k in range(n_shards):
+        shard_rng = np.random.default_rng([seed, k])  # a shard depends on (seed, k) alone
+        events = n_events // n_shards + (k < n_events % n_shards)
+        lengths = 3 + shard_rng.geometric(1.0 / max(mean_user_events - 2.0, 1.0), size=events // 3 + 1) - 1
+        n_users = int(np.searchsorted(np.cumsum(lengths), events)) + 1
+        lengths = lengths[:n_users]
+        lengths[-1] -= int(lengths.sum()) - events  # exact total; the last user may fall below 3
+        user_of = np.repeat(np.arange(n_users), lengths)
+        first_event = np.r_[True, user_of[1:] != user_of[:-1]]
+        new_session = first_event | (shard_rng.random(events) < 1.0 / mean_session_events)
+        session = np.cumsum(new_session) - 1
+        anchor = np.minimum(np.searchsorted(cdf, shard_rng.random(session[-1] + 1)), n_items - 1)  # a rank
+        offset = np.rint(shard_rng.normal(0, topic_width, events)).astype(np.int64)
+        near = np.minimum(np.abs(anchor[session] + offset), n_items - 1)
+        popular = np.minimum(np.searchsorted(cdf, shard_rng.random(events)), n_items - 1)
+        items = by_rank[np.where(shard_rng.random(events) < topic_share, near, popular)]
+        gaps = np.where(
+            new_session, shard_rng.exponential(2 * 86_400, events), shard_rng.exponential(120, events)
+        )
+        start = shard_rng.integers(1_600_000_000, 1_600_000_000 + 365 * 86_400, n_users)
+        clock = np.cumsum(gaps)
+        clock -= np.repeat(clock[np.r_[0, np.cumsum(lengths)[:-1]]], lengths)  # restart per user
+        timestamps = start[user_of] + clock.astype(np.int64)
+        writer.add(first_user + user_of, items, timestamps)
+        first_user += n_users
+    return writer.close()

@@ -23,6 +23,12 @@ def padded_windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, leng
     return out.astype(np.int64, copy=False)
 
 
+def count_targets(inputs: np.ndarray, targets: np.ndarray) -> int:
+    """Training target positions of a window batch: a target with an input before it, as the losses
+    count them (what "events per second" of training counts)."""
+    return int(((inputs != PAD) & (targets != PAD)).sum())
+
+
 def left_pad(histories: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
     """Histories of different lengths as one ``[B, length]`` int64 matrix, LEFT-padded with PAD
     (``length`` defaults to the longest, at least 1; a longer history keeps its most recent items)."""

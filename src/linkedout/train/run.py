@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from linkedout.train.distributed import World
 
 
+# families that train from windows alone (no per-user table, no closed-form pass over the whole log)
+STREAMED_MODELS = ("sasrec", "gru4rec", "mean", "twotower")
+
+
 @dataclass
 class DatasetSpec:
     """How to reload the same events: a sample name (``ml-100k``) or a path, plus reader options;
@@ -37,7 +41,11 @@ class DatasetSpec:
     The name is kept as typed (run.json stays portable across machines and caches) and resolved to the
     cached path by `load`, fetching the sample on first use. ``events_upto`` pins the event store's
     feed position read at training time, so `linkedout evaluate --run` re-reads the same events
-    even after the server logged more."""
+    even after the server logged more.
+
+    A ``path`` that is a sharded log (a directory written by `linkedout shard`, see
+    linkedout/data/shards.py) streams: training reads one shard at a time, and validation and test
+    score a seeded sample of ``eval_users`` users (default 10,000) read from as few shards as hold them."""
 
     path: str | None = "ml-100k"
     format: str | None = None
@@ -47,6 +55,17 @@ class DatasetSpec:
     min_rating: float | None = None
     events: str | None = None
     events_upto: int | None = None
+    eval_users: int | None = None
+
+    def sharded(self):
+        """The `ShardedLog` at ``path`` when it is one, else None."""
+        from linkedout.data.shards import ShardedLog, is_sharded_log
+
+        if self.path is None or not is_sharded_log(self.path):
+            return None
+        if self.events is not None:
+            raise ValueError(f"{self.path} is a sharded log: it cannot be extended with --events")
+        return ShardedLog.open(self.path)
 
     def load(self):
         from linkedout.data.formats import load_interactions
@@ -54,6 +73,10 @@ class DatasetSpec:
 
         if self.path is None and self.events is None:
             raise ValueError("a dataset needs a log (--dataset), an event store (--events), or both")
+        if self.sharded() is not None:
+            raise ValueError(
+                f"{self.path} is a sharded log: it streams in training and is never loaded whole"
+            )
         base = None
         if self.path is not None:
             base = load_interactions(
@@ -114,6 +137,12 @@ def peak_rss_mb() -> float:
 
 
 def prepare_split(spec: DatasetSpec, protocol: Protocol) -> tuple[Split, str]:
+    """The split a run trains and evaluates on; for a sharded log, the evaluation sample only."""
+    log = spec.sharded()
+    if log is not None:
+        from linkedout.data.shards import DEFAULT_EVAL_USERS
+
+        return log.eval_split(protocol, spec.eval_users or DEFAULT_EVAL_USERS), log.name
     loaded = spec.load()
     return split(loaded.interactions, protocol), loaded.name
 
@@ -169,15 +198,16 @@ def check_features(saved: dict, features, run_dir: Path) -> None:
 
 
 def build_for_split(
-    model_config: ModelConfig, data_split: Split, check=None
+    model_config: ModelConfig, data_split: Split, check=None, train_counts: np.ndarray | None = None
 ) -> tuple[Recommender, Split, dict]:
     """The model for ``data_split`` and `features_record` of its features; items that have no features
     and nothing to fall back on (no ID fusion) are excluded from ranking, and the returned split says
-    so. ``check(features)`` may refuse the features before anything is built."""
+    so. ``check(features)`` may refuse the features before anything is built. ``train_counts`` (items'
+    training events) replaces the split's own when it trains on more than it holds (a sharded log)."""
     features = load_features(model_config, data_split)
     if check is not None:
         check(features)
-    counts = data_split.train_item_counts()
+    counts = data_split.train_item_counts() if train_counts is None else train_counts
     model = build_model(
         model_config,
         data_split.n_items,
@@ -211,13 +241,28 @@ def run_experiment(
     """Every rank of a distributed run (``world``) calls this; rank 0 evaluates test and writes the
     run directory once, and every rank returns rank 0's result."""
     seed_everything(train_config.seed)
+    log = spec.sharded()  # streamed: ``prepared`` (if given) is then its evaluation sample
+    if log is not None and model_config.name not in STREAMED_MODELS:
+        raise ValueError(
+            f"model {model_config.name!r} cannot train from a sharded log (it needs every event at once "
+            f"or a vector per user); streamed training serves {', '.join(STREAMED_MODELS)}"
+        )
     data_split, name = prepared or prepare_split(spec, protocol)
-    model, data_split, features = build_for_split(model_config, data_split)
+    counts = log.train_counts if log is not None else None
+    model, data_split, features = build_for_split(model_config, data_split, train_counts=counts)
     label = f"train {model_config.name}"
     if model_config.item_encoder != "id":
         label += f" + {model_config.item_encoder}" + (" + id" if model_config.id_fusion else "")
+    batches = log.stream(protocol) if log is not None else None
     result: TrainResult = train(
-        model, data_split, train_config, run_dir=run_dir, progress=progress, label=label, world=world
+        model,
+        data_split,
+        train_config,
+        run_dir=run_dir,
+        progress=progress,
+        label=label,
+        world=world,
+        batches=batches,
     )
     if world is not None and not world.is_main:
         return world.share(None)  # rank 0 holds the best weights: it scores test, once
@@ -248,6 +293,8 @@ def run_experiment(
         out.metrics_warm = evaluate(model, data_split, "test", subset="warm", **kw)
         out.metrics_cold = evaluate(model, data_split, "test", subset="cold", **kw)
         out.metrics_cold_among_cold = evaluate(model, data_split, "test", subset="cold-among-cold", **kw)
+    if log is not None:  # the log trained on; the split above is its evaluation sample
+        out.data = {**log.summary(), "evaluated": out.data}
     out.data["excluded_items"] = len(data_split.excluded_items)
     out.data["test_seconds"] = time.perf_counter() - started
     if run_dir is not None:
@@ -272,8 +319,12 @@ def load_run(run_dir: Path) -> tuple[Recommender, Split, RunResult]:
     spec = DatasetSpec(**saved.dataset_spec)
     data_split, _ = prepare_split(spec, protocol)
     config = ModelConfig.from_dict(saved.model_config)
+    log = spec.sharded()
     model, data_split, _ = build_for_split(
-        config, data_split, check=lambda f: check_features(saved.features, f, run_dir)
+        config,
+        data_split,
+        check=lambda f: check_features(saved.features, f, run_dir),
+        train_counts=log.train_counts if log is not None else None,
     )
     model.fit(data_split)
     if model.trainable:

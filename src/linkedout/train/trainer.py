@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,13 +19,14 @@ import torch
 from safetensors.torch import save_file
 
 from linkedout.config import TrainConfig
-from linkedout.data.batches import TrainWindows
+from linkedout.data.batches import TrainWindows, count_targets
 from linkedout.data.protocol import Split
 from linkedout.models.base import Recommender, TrainBatch
 from linkedout.progress import ProgressState, StepProgress
 from linkedout.train.evaluate import evaluate
 
 if TYPE_CHECKING:
+    from linkedout.data.shards import ShardStream
     from linkedout.train.distributed import World
 
 
@@ -53,9 +54,14 @@ def train(
     progress: bool = True,
     label: str = "train",
     world: World | None = None,
+    batches: ShardStream | None = None,
 ) -> TrainResult:
     """Fit ``model`` on ``split``'s training events; returns with the best validation weights loaded.
     ``label`` names the run in progress output (e.g. "train sasrec").
+
+    With ``batches`` (a sharded log's `ShardStream`) the training windows come from it, one shard at a
+    time, and ``split`` serves validation only (its sample of users): the same loop, the same early
+    stopping, a log that never sits in memory whole.
 
     With a ``world`` of several processes (every rank calls this): ``config.batch_size`` is the global
     batch, split over the ranks; only rank 0 validates, checkpoints and holds the best weights at the
@@ -71,15 +77,15 @@ def train(
         valid = evaluate(model, split, "valid", batch_size=config.eval_batch_size, device=device)
         return TrainResult(0, valid, [{"epoch": 0, **valid}], time.perf_counter() - started, 0.0)
 
+    if batches is not None and world is not None:
+        raise ValueError("training from a sharded log runs in one process (--nproc 1)")
     rng = np.random.default_rng(config.seed)  # the same epoch order on every rank (see shard_epoch)
-    train_items, train_starts, train_ends = split.train_sequences()
-    train_users = split.train_users()
-    windows = TrainWindows(train_starts, train_ends, split.protocol.max_seq_len)
+    in_ram = SplitWindows.of(split) if batches is None else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step_loss: Callable[[TrainBatch], torch.Tensor] = model.loss
     batch_size = config.batch_size
     if world is not None:
-        from linkedout.train.distributed import per_rank_batch, shard_epoch
+        from linkedout.train.distributed import per_rank_batch
 
         batch_size = per_rank_batch(config.batch_size, world.size)
         wrapped = world.wrap(model)  # DDP makes every rank start from rank 0's weights
@@ -106,33 +112,28 @@ def train(
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
-            w_start, w_end = windows.sample(rng if config.jitter else None)
-            if not config.jitter:
-                order = rng.permutation(len(w_end))
-                w_start, w_end = w_start[order], w_end[order]
-            weights = None
-            if world is not None:
-                shard = shard_epoch(w_start, w_end, windows.length, config.batch_size, world)
-                w_start, w_end, weights = shard.w_start, shard.w_end, shard.step_weights
-            total, steps = 0.0, 0
-            bar.update(epoch=epoch, step=0, steps=math.ceil(len(w_end) / batch_size))
-            for lo in range(0, len(w_end), batch_size):
-                starts_b = w_start[lo : lo + batch_size]
-                inputs, targets = windows.batch(train_items, starts_b, w_end[lo : lo + batch_size])
-                # a window starts where its user's sequence starts: that names the user
-                users = train_users[np.searchsorted(train_starts, starts_b, side="right") - 1]
+            if batches is not None:
+                epoch_batches = ((*b, None) for b in batches.epoch(rng, batch_size, config.jitter))
+                bar.update(epoch=epoch, step=0, steps=0)  # drawn shard by shard: not known up front
+            else:
+                n_steps, epoch_batches = in_ram.epoch(rng, config, batch_size, world)
+                bar.update(epoch=epoch, step=0, steps=n_steps)
+            total, steps, n_targets = 0.0, 0, 0
+            for inputs, targets, users, weight in epoch_batches:
+                n_targets += count_targets(inputs, targets)
                 batch = TrainBatch(*(torch.from_numpy(a) for a in (inputs, targets, users))).to(device)
                 with autocast:
                     loss = step_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 # a rank's share of the step's targets: the union batch's mean loss (see shard_epoch)
-                (loss if weights is None else loss * weights[steps]).backward()
+                (loss if weight is None else loss * weight).backward()
                 if config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 total += loss.item()
                 steps += 1
                 bar.update(step=steps)  # a plain line can come mid-epoch: long epochs still show life
+            train_seconds = time.perf_counter() - epoch_start
             mean_loss = total / max(steps, 1)
             if world is not None:
                 mean_loss = world.mean(mean_loss)
@@ -144,6 +145,9 @@ def train(
                     "epoch": epoch,
                     "loss": mean_loss,
                     "seconds": time.perf_counter() - epoch_start,
+                    # training alone (no validation) and its target positions: events per second
+                    "train_seconds": train_seconds,
+                    "targets": n_targets,
                     **valid,
                 }
                 history.append(record)
@@ -178,12 +182,54 @@ def train(
     return best
 
 
+@dataclass(frozen=True)
+class SplitWindows:
+    """An in-RAM split's training sequences, read once; `epoch` draws that epoch's shuffled windows."""
+
+    items: np.ndarray
+    starts: np.ndarray
+    users: np.ndarray  # split user index of each training sequence
+    windows: TrainWindows
+
+    @classmethod
+    def of(cls, split: Split) -> SplitWindows:
+        items, starts, ends = split.train_sequences()
+        return cls(items, starts, split.train_users(), TrainWindows(starts, ends, split.protocol.max_seq_len))
+
+    def epoch(
+        self, rng: np.random.Generator, config: TrainConfig, batch_size: int, world: World | None
+    ) -> tuple[int, Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, float | None]]]:
+        """(steps, batches of (inputs, targets, users, loss weight)); under a `World`, this rank's
+        share of every step and the weight of its loss (see `shard_epoch`)."""
+        w_start, w_end = self.windows.sample(rng if config.jitter else None)
+        if not config.jitter:
+            order = rng.permutation(len(w_end))
+            w_start, w_end = w_start[order], w_end[order]
+        weights = None
+        if world is not None:
+            from linkedout.train.distributed import shard_epoch
+
+            shard = shard_epoch(w_start, w_end, self.windows.length, config.batch_size, world)
+            w_start, w_end, weights = shard.w_start, shard.w_end, shard.step_weights
+
+        def batches() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, float | None]]:
+            for step, lo in enumerate(range(0, len(w_end), batch_size)):
+                starts_b = w_start[lo : lo + batch_size]
+                inputs, targets = self.windows.batch(self.items, starts_b, w_end[lo : lo + batch_size])
+                # a window starts where its user's sequence starts: that names the user
+                users = self.users[np.searchsorted(self.starts, starts_b, side="right") - 1]
+                yield inputs, targets, users, None if weights is None else weights[step]
+
+        return math.ceil(len(w_end) / batch_size), batches()
+
+
 def _epoch_line(metric: str) -> Callable[[ProgressState], str]:
     """Plain progress line of a training run: where it is and the best epoch so far."""
 
     def describe(s: ProgressState) -> str:
         f = s.fields
-        text = f"epoch {f['epoch']}/{s.total}, step {f['step']}/{f['steps']}, {s.elapsed:.0f} s"
+        steps = f"/{f['steps']}" if f["steps"] else ""  # a streamed epoch's steps are not known up front
+        text = f"epoch {f['epoch']}/{s.total}, step {f['step']}{steps}, {s.elapsed:.0f} s"
         if f["best_epoch"] > 0:
             text += f", best valid {metric} {f['best']:.4f} (epoch {f['best_epoch']})"
         if f["stop"]:
