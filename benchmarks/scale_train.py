@@ -240,6 +240,9 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
 
 
 def save(path: Path, results: dict) -> None:
+    """Write the results; the file's own provenance is the last command that wrote it (each run and
+    the accuracy table keep the provenance they were measured with)."""
+    results["provenance"] = provenance()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))

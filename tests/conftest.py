@@ -92,3 +92,32 @@ def postgres_url(postgres_server, request) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     return postgres_server.get_uri(name)
+
+
+def ray_test_env() -> dict[str, str]:
+    """Environment of a local test Ray: no token auth (on by default in Ray 2.60), and workers import
+    this checkout's code (in CI the package is installed, and this is harmless)."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+@contextlib.contextmanager
+def running_ray():
+    """A local Ray instance (2 CPUs) for a test module; yields its GCS address (for subprocess
+    drivers). `ray_test_env` is set before ray.init, so the raylet and its workers inherit it, and
+    restored after."""
+    import ray
+
+    env = ray_test_env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, logging_level="WARNING")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

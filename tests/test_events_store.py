@@ -35,6 +35,17 @@ def store(store_url):
     s.close()
 
 
+def answers(futures: list[Future]) -> list:
+    """Each call's result, or "conflict" where it raised `EventConflict`."""
+    out: list = []
+    for f in futures:
+        try:
+            out.append(f.result())
+        except EventConflict:
+            out.append("conflict")
+    return out
+
+
 def independent_reader(url: str):
     """A connection that shares nothing with the store under test: it sees only committed data."""
     if url.startswith("sqlite"):
@@ -69,12 +80,7 @@ def test_a_conflict_fails_only_its_own_call_not_the_calls_committed_beside_it(st
     # submitted together: one group transaction on both backends (nothing is waiting before them)
     futures = [store.append_events([Event(f"ok{i}", "u", "i1", 2.0 + i)]) for i in range(20)]
     futures.insert(10, store.append_events([Event("c0", "u", "i9", 1.0)]))
-    outcomes = []
-    for f in futures:
-        try:
-            outcomes.append(f.result())
-        except EventConflict:
-            outcomes.append("conflict")
+    outcomes = answers(futures)
     assert outcomes.count("conflict") == 1 and outcomes[10] == "conflict"
     assert store.count_events() == 21
 
@@ -94,12 +100,7 @@ def test_calls_committed_together_answer_as_they_would_alone_in_order(store):
         [Event("e", "v", "i5", 4.0), Event("e", "v", "i6", 4.0)],  # a repeat inside one call, changed
     ]
     futures = [store.append_events(c) for c in calls]  # queued together: one group on both backends
-    outcomes = []
-    for f in futures:
-        try:
-            outcomes.append(f.result())
-        except EventConflict:
-            outcomes.append("conflict")
+    outcomes = answers(futures)
     assert outcomes == [(1, []), (1, ["a"]), (0, ["old"]), "conflict", (1, ["c"]), "conflict"]
     assert store.count_events() == 4  # old, a, b, c: the conflicting calls stored nothing
 

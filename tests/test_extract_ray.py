@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import ray_test_env, running_ray
 from linkedout.backbones.base import ItemInput, ItemTokens
 from linkedout.backbones.extractor import Extractor
 from linkedout.cli import app
@@ -34,32 +35,15 @@ pytest.importorskip("ray.data")
 pytestmark = [pytest.mark.network, pytest.mark.slow]  # samples_small; a Ray start is ~10-25 s here
 
 T = 2
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def _ray_env() -> dict[str, str]:
-    # A local test cluster: no token auth (on by default in Ray 2.60), and workers import this
-    # checkout's code (in CI the package is installed, and this is harmless).
-    return {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A local Ray instance for the module; yields its address for subprocess drivers."""
-    saved = {k: os.environ.get(k) for k in _ray_env()}
-    os.environ.update(_ray_env())  # before ray.init: the raylet and its workers inherit it
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, logging_level="WARNING")
-    # the crashing backbone below lives in this test module, which workers cannot import by name
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with running_ray() as address:
+        # the crashing backbone below lives in this test module, which workers cannot import by name
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +183,8 @@ def test_an_unreachable_cluster_is_a_clear_error_and_exit_2(tmp_path: Path) -> N
     # a fresh process: this one is connected to the module's cluster already
     cmd = [sys.executable, "-c", "from linkedout.cli import app; app()", "extract", "--catalog"]
     cmd += ["samples:small", "--store", str(tmp_path / "s"), "--engine", "ray", "--address", "127.0.0.1:1"]
-    done = subprocess.run(cmd, env={**os.environ, **_ray_env()}, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, **ray_test_env()}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "error: cannot reach the Ray cluster at 127.0.0.1:1" in done.stderr
     assert not (tmp_path / "s").exists()
@@ -243,7 +228,7 @@ def test_kill_9_of_the_driver_then_resume_gives_exactly_the_uninterrupted_result
     cmd += ["samples:small", "--backbone", "frames", "--store", str(path), "--frames", str(T)]
     cmd += ["--batch-size", "1", "--limit", str(limit), "--torch-threads", "1", "--quiet"]
     cmd += ["--engine", "ray", "--address", cluster]  # the driver dies, the cluster lives on
-    env = {**os.environ, **_ray_env()}
+    env = {**os.environ, **ray_test_env()}
     seen = []
     for _cycle in range(2):  # kill, resume and kill again, then finish
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

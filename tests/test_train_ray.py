@@ -5,13 +5,13 @@ instance started by the test; bad launcher options and an unreachable cluster ar
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import running_ray
 from linkedout.cli import app
 from test_distributed import write_log
 
@@ -19,24 +19,12 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.
 pytest.importorskip("ray.train", reason="Ray Train is not installed (pip install -e '.[ray]')")
 
 pytestmark = pytest.mark.slow
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    env = {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # before ray.init: the raylet and its workers inherit it
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, logging_level="WARNING")
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def local_ray() -> Iterator[str]:
+    with running_ray() as address:
+        yield address
 
 
 def _train(tmp_path: Path, log: Path, name: str, *extra: str) -> dict:
