@@ -312,7 +312,7 @@ def launch_local(
             ) from None
         except ProcessRaisedException as e:
             raise DistributedRunError(
-                f"training worker rank {e.error_index} failed: {_last_line(str(e))}"
+                f"training worker rank {e.error_index} failed: {last_line(str(e))}"
             ) from None
         return RunResult(**json.loads(result_path.read_text()))
 
@@ -348,7 +348,7 @@ def _spawned_worker(
         result_path.write_text(json.dumps(result.to_json()))
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     """The exception line of a worker's traceback (what a user needs; the full trace is on stderr)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else text

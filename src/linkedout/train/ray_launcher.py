@@ -22,7 +22,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from linkedout.train.distributed import DistributedRunError, World, per_rank_batch, timeout_seconds
+from linkedout.train.distributed import (
+    DistributedRunError,
+    World,
+    last_line,
+    per_rank_batch,
+    timeout_seconds,
+)
 
 if TYPE_CHECKING:
     from linkedout.config import ModelConfig, TrainConfig
@@ -142,5 +148,4 @@ def _cause(e: BaseException) -> str:
     """The innermost exception's line: what failed in the worker, not Ray's wrapping."""
     while e.__cause__ is not None:
         e = e.__cause__
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+    return f"{type(e).__name__}: {last_line(str(e))}"

@@ -25,6 +25,7 @@ from linkedout.train.evaluate import evaluate
 from linkedout.train.trainer import TrainConfig, TrainResult, seed_everything, train
 
 if TYPE_CHECKING:
+    from linkedout.data.shards import ShardedLog
     from linkedout.train.distributed import World
 
 
@@ -69,11 +70,12 @@ class DatasetSpec:
 
     def load(self):
         from linkedout.data.formats import load_interactions
+        from linkedout.data.shards import is_sharded_log
         from linkedout.samples import resolve_dataset
 
         if self.path is None and self.events is None:
             raise ValueError("a dataset needs a log (--dataset), an event store (--events), or both")
-        if self.sharded() is not None:
+        if self.path is not None and is_sharded_log(self.path):  # the manifest only, not the item table
             raise ValueError(
                 f"{self.path} is a sharded log: it streams in training and is never loaded whole"
             )
@@ -136,9 +138,10 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def prepare_split(spec: DatasetSpec, protocol: Protocol) -> tuple[Split, str]:
-    """The split a run trains and evaluates on; for a sharded log, the evaluation sample only."""
-    log = spec.sharded()
+def prepare_split(spec: DatasetSpec, protocol: Protocol, log: ShardedLog | None = None) -> tuple[Split, str]:
+    """The split a run trains and evaluates on; for a sharded log (``log``, when the caller opened it
+    already), the evaluation sample only."""
+    log = log if log is not None else spec.sharded()
     if log is not None:
         from linkedout.data.shards import DEFAULT_EVAL_USERS
 
@@ -247,7 +250,7 @@ def run_experiment(
             f"model {model_config.name!r} cannot train from a sharded log (it needs every event at once "
             f"or a vector per user); streamed training serves {', '.join(STREAMED_MODELS)}"
         )
-    data_split, name = prepared or prepare_split(spec, protocol)
+    data_split, name = prepared or prepare_split(spec, protocol, log)
     counts = log.train_counts if log is not None else None
     model, data_split, features = build_for_split(model_config, data_split, train_counts=counts)
     label = f"train {model_config.name}"
@@ -317,9 +320,9 @@ def load_run(run_dir: Path) -> tuple[Recommender, Split, RunResult]:
     saved = RunResult(**json.loads(path.read_text()))
     protocol = Protocol.from_dict(saved.protocol)
     spec = DatasetSpec(**saved.dataset_spec)
-    data_split, _ = prepare_split(spec, protocol)
-    config = ModelConfig.from_dict(saved.model_config)
     log = spec.sharded()
+    data_split, _ = prepare_split(spec, protocol, log)
+    config = ModelConfig.from_dict(saved.model_config)
     model, data_split, _ = build_for_split(
         config,
         data_split,
