@@ -56,7 +56,7 @@ def index_bytes(index) -> int:
     if hasattr(index, "faiss"):
         return int(index.faiss.serialize_index(index._base).size)
     view = index._view  # base segment (the bundle's rows) + online segment (empty here)
-    low = view.low.numel() * view.low.element_size() if view.low is not None else 0
+    low = view.low.nbytes if view.low is not None else 0
     return int((view.base.numel() + view.added[: view.m].numel()) * 4 + low)
 
 
@@ -90,6 +90,29 @@ def open_loop(engine: Engine, requests: list[RecRequest], rate: float, max_batch
     }
 
 
+def search_ms(index, dim: int, batch: int, repeats: int = 50) -> float:
+    """Median milliseconds of one ``index.search`` of ``batch`` random users, back to back (the
+    index alone: no user encoder, no exclusions): the kinds' raw cost side by side."""
+    g = torch.Generator().manual_seed(batch)
+    users = [torch.randn(batch, dim, generator=g) for _ in range(repeats + 5)]
+    times = []
+    for i, u in enumerate(users):
+        t = time.perf_counter()
+        index.search(u, 10)
+        if i >= 5:  # the first few warm caches and lazily built kernels
+            times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def set_search_knob(index, kind: str, value: int) -> None:
+    """efSearch (HNSW) or nprobe (IVF) of a built FaissIndex, as `FaissIndex.__init__` sets them."""
+    faiss = index.faiss
+    if kind == "hnsw":
+        faiss.downcast_index(index._base.index).hnsw.efSearch = value
+    else:
+        faiss.extract_index_ivf(index._base).nprobe = min(value, index.nlist)
+
+
 def recall_at_10(exact: Engine, other: Engine, requests: list[RecRequest]) -> float:
     hits = 0
     for start in range(0, len(requests), 32):
@@ -112,9 +135,17 @@ def main() -> None:
     ap.add_argument("--recall-queries", type=int, default=500)
     ap.add_argument("--history", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the server's --threads)")
-    ap.add_argument("--nprobe", type=int, default=64, help="IVF lists searched (ivf, ivfpq)")
+    ap.add_argument(
+        "--nprobe",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="IVF lists searched (ivf, ivfpq); several: a sweep",
+    )
     ap.add_argument("--pq-m", type=int, default=16, help="IVF-PQ bytes per vector")
-    ap.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth")
+    ap.add_argument(
+        "--ef-search", type=int, nargs="+", default=[128], help="HNSW search breadth; several: a sweep"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -141,27 +172,38 @@ def main() -> None:
         t = time.perf_counter()
         kw = {}
         if kind in ("ivf", "ivfpq"):
-            kw = {"nprobe": args.nprobe} | ({"pq_m": args.pq_m} if kind == "ivfpq" else {})
+            kw = {"nprobe": args.nprobe[0]} | ({"pq_m": args.pq_m} if kind == "ivfpq" else {})
         elif kind == "hnsw":
-            kw = {"ef_search": args.ef_search}
+            kw = {"ef_search": args.ef_search[0]}
         if kind in ("flat", "ivf", "ivfpq", "hnsw"):
             kw["cache_dir"] = False  # build_s is a build, never a read of an earlier run's cached index
         engine = reference if kind == "exact" else Engine(bundle, kind, **kw)
         build = time.perf_counter() - t
         rss = (proc.memory_info().rss - before) / 2**20
         per_item = index_bytes(engine.index) / args.items
-        rows = {
-            "build_s": build if kind != "exact" else None,
-            "rss_delta_mb": rss if kind != "exact" else None,
-            "bytes_per_item": per_item,
-            "bytes_per_item_total": per_item + (4 * args.dim if hasattr(engine.index, "faiss") else 0),
-            "recall_at_10": recall_at_10(reference, engine, requests[: args.recall_queries]),
-        }
-        open_loop(engine, requests[:200], args.rate)  # warm-up
-        rows["runs"] = [open_loop(engine, requests[: args.requests], args.rate) for _ in range(args.repeats)]
-        rows["full_rescores"] = getattr(engine.index, "full_rescores", None)
-        report["kinds"][kind] = rows
-        print(json.dumps({"kind": kind, **rows}), flush=True)
+        # search-time knobs need no rebuild: one row per value, the build shared
+        sweep = {"hnsw": args.ef_search, "ivf": args.nprobe, "ivfpq": args.nprobe}.get(kind, [None])
+        for knob in sweep:
+            label = kind if len(sweep) == 1 else f"{kind}@{knob}"
+            if knob is not None:
+                set_search_knob(engine.index, kind, knob)
+            rows = {
+                "build_s": build if kind != "exact" else None,
+                "rss_delta_mb": rss if kind != "exact" else None,
+                "search_knob": knob,
+                "bytes_per_item": per_item,
+                "bytes_per_item_total": per_item + (4 * args.dim if hasattr(engine.index, "faiss") else 0),
+                "recall_at_10": recall_at_10(reference, engine, requests[: args.recall_queries]),
+                "search_ms_b1": search_ms(engine.index, args.dim, 1),
+                "search_ms_b16": search_ms(engine.index, args.dim, 16, repeats=20),
+            }
+            open_loop(engine, requests[:200], args.rate)  # warm-up
+            rows["runs"] = [
+                open_loop(engine, requests[: args.requests], args.rate) for _ in range(args.repeats)
+            ]
+            rows["full_rescores"] = getattr(engine.index, "full_rescores", None)
+            report["kinds"][label] = rows
+            print(json.dumps({"kind": label, **rows}), flush=True)
         if engine is not reference:
             del engine
     report["loadavg_end"] = os.getloadavg()
@@ -179,16 +221,18 @@ def print_table(report: dict, args) -> None:
         f"load average {report['loadavg_start']} -> {report['loadavg_end']}, {report['cores']} cores\n"
     )
     print(
-        "| index | build s | bytes/item (index) | + float32 rows | recall@10 | p50 ms | p99 ms (each run) |"
+        "| index | build s | bytes/item (index) | + float32 rows | recall@10 | search ms B=1 / 16 | p50 ms "
+        "| p99 ms (each run) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for kind, r in report["kinds"].items():
         mid = sorted(r["runs"], key=lambda x: x["p99_ms"])[len(r["runs"]) // 2]
         each = " / ".join(f"{x['p99_ms']:.1f}" for x in r["runs"])
         build = f"{r['build_s']:.1f}" if r["build_s"] is not None else "-"
         print(
             f"| {kind} | {build} | {r['bytes_per_item']:.0f} | {r['bytes_per_item_total']:.0f} | "
-            f"{r['recall_at_10']:.3f} | {mid['p50_ms']:.2f} | {mid['p99_ms']:.2f} ({each}) |"
+            f"{r['recall_at_10']:.3f} | {r['search_ms_b1']:.2f} / {r['search_ms_b16']:.1f} | "
+            f"{mid['p50_ms']:.2f} | {mid['p99_ms']:.2f} ({each}) |"
         )
 
 

@@ -69,7 +69,8 @@ def start_server(bundle_dir: Path, events: Path, extra: list[str]) -> tuple[subp
     # killed supervisor alone would leave its workers holding the port
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
+    # the last --workers counts (the CLI takes an option's last value, and callers append theirs)
+    workers = int(extra[len(extra) - extra[::-1].index("--workers")]) if "--workers" in extra else 1
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -388,6 +389,9 @@ def main() -> None:
         help="load generator of the workers comparison (wrk: C, little CPU of its own)",
     )
     ap.add_argument("--index", default="exact", help="index of the main open-loop runs (--index of serve)")
+    ap.add_argument(
+        "--server-workers", type=int, default=1, help="worker processes of the main open-loop server"
+    )
     ap.add_argument("--swaps", type=int, default=3, help="reloads during the swap-under-load run (0: none)")
     ap.add_argument("--swap-workers", type=int, default=2, help="worker processes of the swap run")
     ap.add_argument("--out", type=Path, default=None)
@@ -416,12 +420,14 @@ def main() -> None:
             # every server of the run (an --ann run's own --index comes later on its command line: the
             # last value of an option is the one the CLI takes)
             threads = ["--threads", str(args.server_threads), "--index", args.index]
+            threads += ["--workers", str(args.server_workers)] if args.server_workers > 1 else []
             proc, base, startup = start_server(work / f"b{n}", work / f"e{n}.sqlite", threads)
             try:
                 rss = psutil.Process(proc.pid).memory_info().rss / 2**20
                 row = {
                     "items": n,
                     "index": args.index,
+                    "server_workers": args.server_workers,
                     "startup_s": startup,
                     "rss_mb": rss,
                     "bundle_build_s": build_s,

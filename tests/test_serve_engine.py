@@ -45,6 +45,24 @@ def test_batched_bundle_path_equals_the_full_model(tmp_path, user, item):
         assert res.rows == rows
 
 
+@pytest.mark.parametrize("kind", ["exact-bf16", "exact-int8"])
+def test_low_precision_indexes_serve_what_the_float32_index_serves(kind):
+    """Through the engine (user encoder, exclusions, micro-batch), on a catalogue large enough for the
+    candidate path (not the float32 fallback): the same rows and scores as ``exact``."""
+    n = 60_000  # at 20k items the int8 bound admits more than an eighth of the catalogue: float32 fallback
+    bundle, _ = synthetic_bundle(n, item_encoder="id", max_len=20, seed=5, titles=[None] * n)
+    exact, low = Engine(bundle, "exact"), Engine(bundle, kind)
+    rng = np.random.default_rng(1)
+    requests = []
+    for length in (1, 20, 7, 13):
+        h = rng.choice(n, size=length, replace=False).astype(np.int64)
+        requests.append(RecRequest(h, np.unique(h), k=10, explain=False))
+    for want, got in zip(exact.recommend_batch(requests), low.recommend_batch(requests), strict=True):
+        assert got.rows == want.rows
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-5)
+    assert low.index.full_rescores == 0
+
+
 def test_occlusion_explanations_equal_linkedout_explain():
     bundle, model = synthetic_bundle(30, max_len=10, seed=1)
     engine = Engine(bundle)

@@ -1,6 +1,6 @@
 """Fast retrieval paths against their references: the two-stage top-k against ``torch.topk``, the
-bfloat16 index with float32 re-rank against float32 scoring (same rows, same scores), and IVF-PQ with
-re-rank against exact (recall, exact scores)."""
+bfloat16 and int8 indexes with float32 re-rank against float32 scoring (same rows, same scores), and
+IVF-PQ with re-rank against exact (recall, exact scores)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from linkedout.serve.index import (
     ExactIndex,
     FaissIndex,
+    Int8Scores,
     bf16_error_bound,
     check_bf16_error_model,
     chunked_topk,
@@ -59,25 +60,30 @@ def test_chunked_topk_equals_torch_topk(n, k, batch, ties, masked, seed):
     k=st.integers(1, 20),
     batch=st.integers(1, 6),
     scale=st.sampled_from([1e-3, 1.0, 50.0]),
+    shift=st.sampled_from([0.0, 2.0]),
+    precision=st.sampled_from(["bf16", "int8"]),
     seed=st.integers(0, 2**16),
 )
-def test_bf16_index_returns_the_float32_top_k_with_float32_scores(n, dim, k, batch, scale, seed):
+def test_low_precision_index_returns_the_float32_top_k_with_float32_scores(
+    n, dim, k, batch, scale, shift, precision, seed
+):
     g = torch.Generator().manual_seed(seed)
     matrix = torch.randn(n, dim, generator=g) * scale
-    users = torch.randn(batch, dim, generator=g)
+    users = torch.randn(batch, dim, generator=g) + shift  # shifted: int8 quantises the batch asymmetrically
     blocked = torch.rand(n, generator=g) < 0.05
     exclude = [np.unique(np.random.default_rng(seed + b).integers(0, n, size=5)) for b in range(batch)]
     want, scores = fp32_reference(matrix, users, k, blocked, exclude)
-    got_s, got_r = ExactIndex(matrix, blocked, precision="bf16").search(users, k, exclude)
+    got_s, got_r = ExactIndex(matrix, blocked, precision=precision).search(users, k, exclude)
     torch.testing.assert_close(got_s, want, rtol=1e-5, atol=1e-5 * scale)
     finite = torch.isfinite(got_s)
     torch.testing.assert_close(scores.gather(1, got_r)[finite], got_s[finite], rtol=1e-5, atol=1e-5 * scale)
 
 
-def test_bf16_rerank_fixes_orders_that_bf16_scores_get_wrong():
-    """A cluster of near-duplicates whose scores differ by less than bfloat16 resolves, among random
-    items: plain bf16 scoring mis-orders the cluster, the re-rank (not the float32 fallback) returns
-    exactly the float32 order. Fails without the re-rank."""
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_rerank_fixes_orders_that_low_precision_scores_get_wrong(precision):
+    """A cluster of near-duplicates whose scores differ by less than bfloat16 / int8 resolves, among
+    random items: plain low-precision scoring mis-orders the cluster, the re-rank (not the float32
+    fallback) returns exactly the float32 order. Fails without the re-rank."""
     g = torch.Generator().manual_seed(0)
     n, dim = 200_000, 64
     matrix = torch.randn(n, dim, generator=g)
@@ -87,20 +93,21 @@ def test_bf16_rerank_fixes_orders_that_bf16_scores_get_wrong():
     users = base[None] + 0.1 * torch.randn(4, dim, generator=g)
     want_s, _ = fp32_reference(matrix, users, 10)
     want_r = torch.topk(users @ matrix.T, 10, dim=1).indices
-    plain_bf16 = torch.topk((users.bfloat16() @ matrix.bfloat16().T).float(), 10, dim=1).indices
-    assert (plain_bf16 != want_r).any(), "the data should defeat plain bf16 scoring"
-    index = ExactIndex(matrix, precision="bf16")
+    index = ExactIndex(matrix, precision=precision)
+    plain = torch.topk(index._view.low.scores(users).float(), 10, dim=1).indices
+    assert (plain != want_r).any(), "the data should defeat plain low-precision scoring"
     got_s, got_r = index.search(users, 10)
     assert index.full_rescores == 0  # the candidates path ran
     assert (got_r == want_r).all()
     torch.testing.assert_close(got_s, want_s)
 
 
-def test_bf16_index_after_online_additions_and_growth():
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_low_precision_index_after_online_additions_and_growth(precision):
     g = torch.Generator().manual_seed(1)
     matrix = torch.randn(20_000, 16, generator=g)
-    index, reference = ExactIndex(matrix, precision="bf16"), ExactIndex(matrix)
-    for i in range(5):  # past the headroom: the bf16 copy is reallocated with the float32 one
+    index, reference = ExactIndex(matrix, precision=precision), ExactIndex(matrix)
+    for i in range(5):  # past the online segment's headroom (scored in float32, beside the base)
         new = torch.randn(1500, 16, generator=g) * (3.0 if i == 4 else 1.0)  # the last ones raise max_norm
         assert index.add(new) == reference.add(new)
     users = torch.randn(8, 16, generator=g)
@@ -118,6 +125,23 @@ def test_bf16_error_bound_holds_on_this_machine_and_refuses_a_wrong_one():
         check_bf16_error_model(dim, bf16_error_bound(dim))
     with pytest.raises(RuntimeError, match="use --index exact"):
         check_bf16_error_model(64, 1e-6)  # bfloat16 cannot be this accurate
+
+
+def test_int8_error_bound_holds_on_this_machine_and_a_wrong_one_is_refused(monkeypatch):
+    """The bound is checked when the index is built (users of several kinds, the index's own rows);
+    the test then checks it on other data, including rows of very different scales and near-zero
+    rows, and that a bound made too tight is refused by the build-time check."""
+    g = torch.Generator().manual_seed(3)
+    matrix = torch.cat([torch.randn(3000, 64, generator=g), 1e-4 * torch.randn(500, 64, generator=g)])
+    matrix[:100] *= 30.0
+    matrix[100] = 0.0
+    scorer = Int8Scores(matrix)
+    for users in (torch.randn(16, 64, generator=g), torch.rand(3, 64, generator=g) * 9 - 1):
+        err = (scorer.scores(users).double() - users.double() @ matrix.double().T).abs()
+        assert (err <= scorer.error(users).double()).all()
+    monkeypatch.setattr(Int8Scores, "error", lambda self, users: torch.full((len(users), 1), 1e-6))
+    with pytest.raises(RuntimeError, match="use --index exact"):
+        Int8Scores(matrix)
 
 
 def test_unknown_precision_and_index_kind_are_refused():

@@ -578,7 +578,9 @@ def serve_cmd(
         [], "--cors-origin", help="Allow this browser origin (CORS off by default)."
     ),
     index: str = typer.Option(
-        "exact", "--index", help="exact | exact-bf16 | flat | ivf | ivfpq | hnsw (the last four: FAISS)."
+        "exact",
+        "--index",
+        help="exact | exact-bf16 | exact-int8 | flat | ivf | ivfpq | hnsw (the last four: FAISS).",
     ),
     index_option: list[str] = typer.Option(
         [],
