@@ -44,6 +44,9 @@ from provenance import provenance
 JSON = {"content-type": "application/json"}
 
 
+FAISS_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -222,8 +225,10 @@ def ann_run(
     """The same open-loop runs against a FAISS index (`--index KIND`), and its recall@10 against the
     exact index on the benchmark's own histories (seen items excluded, as served)."""
     from linkedout.serve.engine import Engine, RecRequest
+    from linkedout.serve.index import parse_index_options
 
-    exact, ann = Engine(bundle), Engine(bundle, index=kind)
+    options = parse_index_options(kind, args.ann_option) if kind in FAISS_KINDS else {}
+    exact, ann = Engine(bundle), Engine(bundle, index=kind, **options)
     hits = 0
     for body in bodies[:200]:
         rows = np.array([int(i[1:]) for i in body["history"]], dtype=np.int64)
@@ -231,6 +236,8 @@ def ann_run(
         hits += len(set(exact.recommend_batch([req])[0].rows) & set(ann.recommend_batch([req])[0].rows))
     del exact, ann
     extra = [*threads, "--index", kind]
+    if kind in FAISS_KINDS:
+        extra += [f"--index-option={o}" for o in args.ann_option]
     proc, base, startup = start_server(bundle_dir, work / f"ann-{kind}.sqlite", extra)
     try:
         runs = recommend_runs(base, bodies, args)
@@ -239,6 +246,7 @@ def ann_run(
         stop_server(proc)
     return {
         "recall_at_10": hits / (10 * min(200, len(bodies))),
+        "index_options": options,
         "startup_s": startup,
         "rss_mb": rss,
         "recommend_runs": runs,
@@ -375,6 +383,18 @@ def main() -> None:
         default=100_000,
         help="largest catalogue for --ann (HNSW builds take minutes at 1M)",
     )
+    ap.add_argument(
+        "--ann-option",
+        action="append",
+        default=[],
+        help="KEY=VALUE for the FAISS --ann servers (serve's --index-option), e.g. ef_search=256",
+    )
+    ap.add_argument(
+        "--index-cache",
+        type=Path,
+        default=None,
+        help="FAISS index cache of the servers (default: a fresh one in the run's directory)",
+    )
     ap.add_argument("--explain-rate", type=float, default=20.0, help="rate of the run with explanations")
     ap.add_argument("--server-threads", type=int, default=1, help="torch threads of the server")
     ap.add_argument(
@@ -406,7 +426,7 @@ def main() -> None:
     }
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     # FAISS indexes built here (and by the servers started here) go to the run's own directory
-    os.environ["LINKEDOUT_INDEX_CACHE"] = str(work / "index-cache")
+    os.environ["LINKEDOUT_INDEX_CACHE"] = str(args.index_cache or work / "index-cache")
     try:
         for n in args.sizes:
             t = time.perf_counter()
