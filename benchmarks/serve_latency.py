@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -287,9 +288,45 @@ def events_body(n_items: int, per_request: int):
     return make
 
 
+class CpuUse:
+    """Cores busy over a ``with`` block: the process tree rooted at ``pid`` and the whole machine."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.cores: dict = {}
+
+    def _tree_seconds(self) -> float:
+        total = 0.0
+        for p in [self.root, *self.root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def __enter__(self) -> CpuUse:
+        self._t, self._server, self._machine = time.perf_counter(), self._tree_seconds(), psutil.cpu_times()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self._t
+        self.cores = {
+            "server_cores": (self._tree_seconds() - self._server) / wall,
+            "machine_cores": (_busy(psutil.cpu_times()) - _busy(self._machine)) / wall,
+        }
+
+
+def _busy(t) -> float:
+    """CPU seconds of every core not idle or waiting for I/O."""
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
 def workers_throughput(bundle_dir: Path, work: Path, bodies: list[dict], threads: list[str], args) -> dict:
     """Closed-loop requests/s of the same catalogue with 1 and 2 (``--workers``) worker processes,
-    after a warm-up; the load generator shares the machine's cores with the workers."""
+    after a warm-up; the load generator shares the machine's cores with the workers. Also the cores
+    the server (all its processes) and the whole machine were busy during the measured run
+    (``server_cores``, ``machine_cores``: CPU seconds / wall seconds): one worker process can use more
+    than one core (HTTP on the event loop, scoring on its own thread with the GIL released), which
+    caps what a second worker can add on 2 cores."""
     out: dict = {}
     for w in args.workers:
         proc, base, startup = start_server(bundle_dir, work / f"w{w}.sqlite", [*threads, "--workers", str(w)])
@@ -297,12 +334,15 @@ def workers_throughput(bundle_dir: Path, work: Path, bodies: list[dict], threads
             if args.client == "wrk":  # a C client: the server gets most of the 2 cores (wrk_load.py)
                 script = wrk_load.bodies_script("/v1/recommend", [{**b, "explain": False} for b in bodies])
                 wrk_load.run(base, script, 1, args.concurrency)
-                run = wrk_load.run(base, script, args.closed_seconds, args.concurrency)
+                with CpuUse(proc.pid) as used:
+                    run = wrk_load.run(base, script, args.closed_seconds, args.concurrency)
             else:
                 asyncio.run(closed_loop(base, recommend_body(bodies), 1.0, args.concurrency))
-                run = asyncio.run(
-                    closed_loop(base, recommend_body(bodies), args.closed_seconds, args.concurrency)
-                )
+                with CpuUse(proc.pid) as used:
+                    run = asyncio.run(
+                        closed_loop(base, recommend_body(bodies), args.closed_seconds, args.concurrency)
+                    )
+            run |= used.cores
             run["startup_s"] = startup
             out[str(w)] = run
         finally:
