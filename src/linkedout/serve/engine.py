@@ -40,7 +40,7 @@ from linkedout.data.batches import PAD, left_pad
 from linkedout.explain import occlusions
 from linkedout.models import ItemEncoder
 from linkedout.serve.bundle import Bundle, BundleError
-from linkedout.serve.index import make_index
+from linkedout.serve.index import NEG_INF, make_index
 from linkedout.video import frame_jpeg
 
 
@@ -107,11 +107,13 @@ class Engine:
         users = self._known_users(requests, from_history)
         kmax = max(r.k for r in requests)
         scores, rows = self.index.search(users, kmax, [r.exclude for r in requests])
+        # to Python once for the batch (per-request tensor ops cost more than the lists)
+        all_scores, all_rows = scores.tolist(), rows.tolist()
         results = []
-        for b, r in enumerate(requests):
-            s, i = scores[b, : r.k], rows[b, : r.k]
-            keep = torch.isfinite(s)  # fewer servable items than k: drop the -inf fillers
-            results.append(RecResult(i[keep].tolist(), s[keep].tolist(), None))
+        for r, s, i in zip(requests, all_scores, all_rows, strict=True):
+            # fewer servable items than k: drop the -inf fillers (they sort last)
+            n = sum(1 for x in s[: r.k] if x != NEG_INF)
+            results.append(RecResult(i[:n], s[:n], None))
         explained = [b for b, r in enumerate(requests) if r.explain and results[b].rows]
         if explained:
             # occlusion changes the history-based vector; a known pairwise user's own vector does not
