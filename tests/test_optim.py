@@ -159,3 +159,14 @@ def test_training_through_sparse_ids_learns_the_walk():
     train(model, s, config, progress=False)
     assert model.item_encoder.embedding.sparse
     assert evaluate(model, s, "test")["HR@10"] > 0.95
+
+
+def test_a_model_that_is_one_sparse_table_needs_no_adamw():
+    table = nn.Embedding(8, 4)
+    optimizer = TrainOptimizer(table, TrainConfig(lr=0.1, sparse_ids=8))
+    before = table.weight.detach().clone()
+    table(torch.tensor([3])).sum().backward()
+    optimizer.clip(1.0)
+    optimizer.step()
+    moved = (table.weight != before).any(dim=1)
+    assert moved.tolist() == [False, False, False, True, False, False, False, False]

@@ -5,7 +5,7 @@ Why: dense AdamW touches every row of every parameter at every step. For a 100k 
 is a dense gradient (a fresh 25 MB zero tensor per step, then scattered into), a clip norm over it, and
 Adam's update of the table and both moments, with fresh temporaries for ``sqrt`` and ``div``: profiled
 on the 1M-event SYNTHETIC log (docs/benchmarks.md, "A streamed step"), that was the largest part of an
-id-only SASRec step under ``--loss inbatch``, while a step looks up only ~1,500 distinct items. With
+id-only SASRec step under ``--loss inbatch``, while a step looks up only its windows' items. With
 ``nn.Embedding(sparse=True)`` the gradient holds the looked-up rows only, and SparseAdam updates those
 rows and their moments, so the step costs the batch, not the catalogue.
 
@@ -15,8 +15,8 @@ that touch it. It has no weight decay: AdamW's decoupled decay shrinks every row
 row-sparse step cannot do, so ``--sparse-ids`` with ``--weight-decay > 0`` is refused rather than
 silently decaying the dense parameters only. A loss that reads the whole table (``--loss ce``, whose
 full softmax needs every item vector; LightGCN's propagation) gets a dense gradient: refused with the
-table's name, because there the dense update is the right one anyway. For a row looked up at every
-step the two agree exactly (tests/test_optim.py).
+table's name, because there the dense update is the right one anyway. When every row is looked up at
+every step the two agree step for step, to rounding (tests/test_optim.py).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ class TrainOptimizer:
         self.sparse = {name: table.weight for name, table in tables.items()}
         sparse_ids = {id(p) for p in self.sparse.values()}
         dense = [p for p in self.params if id(p) not in sparse_ids]
-        self.optimizers: list[torch.optim.Optimizer] = [
-            torch.optim.AdamW(dense, lr=config.lr, weight_decay=config.weight_decay)
-        ]
+        self.optimizers: list[torch.optim.Optimizer] = []
+        if dense or not self.sparse:  # AdamW refuses an empty list; a model of one table has none
+            self.optimizers.append(torch.optim.AdamW(dense, lr=config.lr, weight_decay=config.weight_decay))
         if self.sparse:
             self.optimizers.append(torch.optim.SparseAdam(list(self.sparse.values()), lr=config.lr))
 
