@@ -10,8 +10,11 @@ synthetic_log: Zipf popularity, sessions) is generated once as shards under ``--
 SASRec trains exactly one epoch on it in a fresh subprocess (so ``ru_maxrss`` is that run's peak RSS),
 through `linkedout train`'s own path (`run_experiment` on a sharded log), with ``--loss inbatch --logq``:
 a softmax over the batch's distinct targets, corrected by log-popularity, so a step costs the batch
-and not the catalogue. Two item sides: ID embeddings, and the LinkedOut encoder over precomputed
-random tokens (a FeatureStore with a row per item, ``--token-shape``). Recorded per run: events/s =
+and not the catalogue; and with ``--sparse-ids`` (default 10,000: the item table) the ID table takes
+sparse gradients and SparseAdam, so the optimizer too updates the rows a step looked up, not all 100k
+(``--sparse-ids 0``: dense AdamW, as measured before it existed). Two item sides: ID embeddings,
+and the LinkedOut encoder over precomputed random tokens (a FeatureStore with a row per item,
+``--token-shape``). Recorded per run: events/s =
 training target positions / training seconds of the epoch (validation excluded), the epoch's
 seconds, validation and test seconds on ``--eval-users`` users, load+split seconds (open the log and
 read the evaluation sample: what a run does before training), peak RSS.
@@ -21,8 +24,9 @@ Resumable: logs, the token store and every finished (events, encoder) run are ke
 ``--out``); a rerun measures only what is missing (``--force`` remeasures).
 
 Accuracy (``--accuracy``): SASRec ids on ml-100k (recbole protocol, the tuned recipe otherwise)
-trained to early stopping with ``--loss inbatch --logq`` and with the full softmax ``--loss ce``,
-seeds ``--seeds``, each `linkedout train` in its own process with one torch thread.
+trained to early stopping with ``--loss inbatch --logq``, with the same plus ``--sparse-ids 1000``
+(the item table on SparseAdam) and with the full softmax ``--loss ce``, seeds ``--seeds``, each
+`linkedout train` in its own process with one torch thread.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ def child(args: argparse.Namespace) -> dict:
     protocol = get_protocol("recbole")
     settings = {"loss": "inbatch", "logq": True, "epochs": 1, "batch_size": args.batch_size}
     settings["precision"] = args.precision
+    settings["sparse_ids"] = args.sparse_ids
     if args.encoder != "id":
         settings |= {"item_encoder": args.encoder, "features": str(args.features)}
     model_config, train_config = recipe("sasrec", protocol.name, **settings)
@@ -119,6 +124,7 @@ def child(args: argparse.Namespace) -> dict:
         "loss": "inbatch+logQ",
         "batch_size": train_config.batch_size,
         "precision": train_config.precision,
+        "sparse_ids": train_config.sparse_ids,
         "torch_threads": torch.get_num_threads(),
         "train_targets": epoch["targets"],
         "events_per_s": epoch["targets"] / epoch["train_seconds"],
@@ -140,13 +146,14 @@ def measure(args: argparse.Namespace, results: dict) -> None:
     for events in args.events:
         path = ensure_log(args, events)
         for encoder in args.encoders:
-            key = f"{events}/{encoder}/{args.items}/{args.precision}"
+            key = run_key(events, encoder, args.items, args.precision, args.sparse_ids)
             if key in runs and not args.force:
                 print(f"{key}: kept from {args.out.name} (--force remeasures)")
                 continue
             cmd = [sys.executable, __file__, "--child", str(path), "--encoder", encoder]
             cmd += ["--batch-size", str(args.batch_size), "--eval-users", str(args.eval_users)]
             cmd += ["--threads", str(args.threads), "--precision", args.precision]
+            cmd += ["--sparse-ids", str(args.sparse_ids)]
             if encoder != "id":
                 cmd += ["--features", str(ensure_tokens(args))]
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
@@ -161,12 +168,19 @@ def measure(args: argparse.Namespace, results: dict) -> None:
             save(args.out, results)
 
 
+def run_key(events: int, encoder: str, items: int, precision: str, sparse_ids: int) -> str:
+    """A run's key in the results; rows measured before --sparse-ids existed (dense AdamW) keep theirs."""
+    key = f"{events}/{encoder}/{items}/{precision}"
+    return key + (f"/sparse{sparse_ids}" if sparse_ids else "")
+
+
 def goals(runs: dict) -> dict:
     """Each size against the smallest measured, per (encoder, catalogue)."""
     out: dict = {}
     groups: dict[str, list[dict]] = {}
     for row in runs.values():
-        groups.setdefault(f"{row['encoder']}/{row['items']}/{row['precision']}", []).append(row)
+        group = run_key(0, row["encoder"], row["items"], row["precision"], row.get("sparse_ids", 0))
+        groups.setdefault(group.split("/", 1)[1], []).append(row)
     for name, rows in groups.items():
         rows.sort(key=lambda r: r["events"])
         base = rows[0]
@@ -192,7 +206,14 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
     folder = args.work / "accuracy"
     folder.mkdir(parents=True, exist_ok=True)
     table: dict = {}
-    for loss in ("inbatch", "ce"):
+    variants = {
+        "inbatch": ["--loss", "inbatch", "--logq"],
+        "ce": ["--loss", "ce"],
+        # the same in-batch loss with the item table on sparse gradients + SparseAdam (1,682 rows;
+        # SASRec's 50-row position table stays on AdamW)
+        "inbatch_sparse": ["--loss", "inbatch", "--logq", "--sparse-ids", "1000"],
+    }
+    for loss, flags in variants.items():
         rows = []
         for seed in args.seeds:
             path = folder / f"sasrec_{loss}_s{seed}.json"
@@ -206,7 +227,7 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
                     "--protocol",
                     "recbole",
                 ]
-                cmd += ["--model", "sasrec", "--loss", loss, *(["--logq"] if loss == "inbatch" else [])]
+                cmd += ["--model", "sasrec", *flags]
                 cmd += ["--seed", str(seed), "--quiet", "--json", str(path) + ".part"]
                 subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
                 Path(str(path) + ".part").replace(path)
@@ -231,7 +252,8 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
     protocol = run["protocol"]["description"]
     results["accuracy_ml100k"] = {
         "protocol": protocol,
-        "note": "inbatch = --loss inbatch --logq; ce = full softmax; tuned sasrec/recbole recipe otherwise; "
+        "note": "inbatch = --loss inbatch --logq; ce = full softmax; inbatch_sparse = inbatch with "
+        "--sparse-ids 1000 (the item table on SparseAdam); tuned sasrec/recbole recipe otherwise; "
         "OMP_NUM_THREADS=1 per run",
         **table,
         "provenance": provenance(),
@@ -263,6 +285,9 @@ def main() -> None:
     # in-batch softmax has a new shape (the batch's distinct targets) at nearly every step, so the
     # process would grow with the number of steps (see models/sequential.py on the same for ``ce``)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    # the 100k-row item table on sparse gradients + SparseAdam (train/optim.py): a step then updates
+    # the rows it looked up instead of the whole table; 0 measures dense AdamW (the rows before it)
+    ap.add_argument("--sparse-ids", type=int, default=10_000, help="ID tables of >= N rows go sparse")
     ap.add_argument("--seed", type=int, default=0, help="of the synthetic logs")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="logs and token store (kept)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -89,6 +89,13 @@ class TrainConfig:
     select_metric: str = "NDCG@10"
     jitter: bool = True  # random window phase per epoch (see TrainWindows)
     grad_clip: float | None = 5.0
+    # 0: every parameter takes dense AdamW (what every recipe was tuned with). See train/optim.py
+    sparse_ids: int = flag_field(
+        0,
+        "--sparse-ids",
+        "ID tables of at least N rows train on sparse gradients with SparseAdam (lazy: only looked-up "
+        "rows move; no weight decay). For --loss inbatch over large catalogues. 0: off.",
+    )
     seed: int = flag_field(0, "--seed", show_default=True)
     device: str = flag_field("cpu", "--device", "cpu (default), cuda, mps")
     eval_batch_size: int = 512

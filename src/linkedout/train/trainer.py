@@ -24,6 +24,7 @@ from linkedout.data.protocol import Split
 from linkedout.models.base import Recommender, TrainBatch
 from linkedout.progress import ProgressState, StepProgress
 from linkedout.train.evaluate import evaluate
+from linkedout.train.optim import TrainOptimizer
 
 if TYPE_CHECKING:
     from linkedout.data.shards import ShardStream
@@ -81,7 +82,9 @@ def train(
         raise ValueError("training from a sharded log runs in one process (--nproc 1)")
     rng = np.random.default_rng(config.seed)  # the same epoch order on every rank (see shard_epoch)
     in_ram = SplitWindows.of(split) if batches is None else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.sparse_ids and world is not None:
+        raise ValueError("--sparse-ids runs in one process (--nproc 1): DDP's reducer takes dense gradients")
+    optimizer = TrainOptimizer(model, config)  # AdamW, plus SparseAdam for large ID tables
     step_loss: Callable[[TrainBatch], torch.Tensor] = model.loss
     batch_size = config.batch_size
     if world is not None:
@@ -124,11 +127,11 @@ def train(
                 batch = TrainBatch(*(torch.from_numpy(a) for a in (inputs, targets, users))).to(device)
                 with autocast:
                     loss = step_loss(batch)
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 # a rank's share of the step's targets: the union batch's mean loss (see shard_epoch)
                 (loss if weight is None else loss * weight).backward()
                 if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    optimizer.clip(config.grad_clip)
                 optimizer.step()
                 total += loss.item()
                 steps += 1
