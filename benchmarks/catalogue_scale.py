@@ -17,7 +17,9 @@ What is measured (all on this machine, printed with the CPU's flags and the load
   previous batch ran goes in the next, up to 64). Latency counts from each request's scheduled arrival,
   so a slow batch delays the requests queued behind it (no coordinated omission). No HTTP: that part
   is benchmarks/serve_latency.py's (``--ann exact-bf16 ivfpq hnsw`` runs these kinds over HTTP).
-Item vectors are random Gaussian rows (IVF's hardest case: no clusters), users are encoded histories.
+Item vectors are random Gaussian rows (IVF's and HNSW's hardest case: no clusters), or with
+``--clusters C --spread S`` SYNTHETIC clustered rows (linkedout.synthetic.random_vector_bundle); users
+are encoded histories.
 """
 
 from __future__ import annotations
@@ -153,6 +155,13 @@ def main() -> None:
         default=None,
         help="keep FAISS indexes here and reuse them (build once on a busy machine, time searches later)",
     )
+    ap.add_argument(
+        "--clusters",
+        type=int,
+        default=0,
+        help="0: isotropic Gaussian rows (ANN's worst case); C: SYNTHETIC rows around C centres",
+    )
+    ap.add_argument("--spread", type=float, default=1.0, help="noise around a centre, in centre scale")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -166,7 +175,9 @@ def main() -> None:
         "kinds": {},
     }
     t = time.perf_counter()
-    bundle = random_vector_bundle(args.items, dim=args.dim, max_len=args.history)
+    bundle = random_vector_bundle(
+        args.items, dim=args.dim, max_len=args.history, clusters=args.clusters, spread=args.spread
+    )
     report["bundle_build_s"] = time.perf_counter() - t
     requests = []
     for _ in range(max(args.requests, args.recall_queries)):

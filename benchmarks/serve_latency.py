@@ -454,6 +454,13 @@ def main() -> None:
     )
     ap.add_argument("--swaps", type=int, default=3, help="reloads during the swap-under-load run (0: none)")
     ap.add_argument("--swap-workers", type=int, default=2, help="worker processes of the swap run")
+    ap.add_argument(
+        "--clusters",
+        type=int,
+        default=0,
+        help="0: isotropic Gaussian item rows (ANN's worst case); C: SYNTHETIC rows around C centres",
+    )
+    ap.add_argument("--spread", type=float, default=1.0, help="noise around a centre, in centre scale")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -470,7 +477,9 @@ def main() -> None:
     try:
         for n in args.sizes:
             t = time.perf_counter()
-            bundle = random_vector_bundle(n, dim=64, max_len=args.history)
+            bundle = random_vector_bundle(
+                n, dim=64, max_len=args.history, clusters=args.clusters, spread=args.spread
+            )
             bundle.save(work / f"b{n}")
             build_s = time.perf_counter() - t
             bodies = [

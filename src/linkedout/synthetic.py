@@ -84,11 +84,27 @@ def synthetic_bundle(
     return bundle, model
 
 
-def random_vector_bundle(n_items: int, dim: int = 64, max_len: int = 50, seed: int = 0) -> Bundle:
-    """An id-only SASRec bundle whose item matrix is random unit-scale vectors: for scale tests."""
+def random_vector_bundle(
+    n_items: int, dim: int = 64, max_len: int = 50, seed: int = 0, clusters: int = 0, spread: float = 1.0
+) -> Bundle:
+    """An id-only SASRec bundle whose item matrix is random unit-scale vectors: for scale tests.
+
+    ``clusters`` = 0: isotropic Gaussian rows (the model's own initialisation), the hardest case for
+    ANN indexes (no structure to exploit). ``clusters`` = C > 0: SYNTHETIC clustered rows, each a
+    random centre (one of C, chosen uniformly) plus ``spread`` times Gaussian noise of the centres'
+    scale, rescaled to the Gaussian rows' mean norm - a stand-in for trained item embeddings, which
+    cluster (by genre, topic, creator); how much is the data's question, so C and spread are stated
+    with every number measured on them."""
     bundle, _ = synthetic_bundle(
         n_items, item_encoder="id", dim=dim, max_len=max_len, seed=seed, titles=[None] * n_items
     )
+    if clusters > 0:
+        g = torch.Generator().manual_seed(seed + 1)
+        centres = torch.randn(clusters, dim, generator=g)
+        which = torch.randint(clusters, (n_items,), generator=g)
+        rows = centres[which] + spread * torch.randn(n_items, dim, generator=g)
+        scale = bundle.item_matrix.norm(dim=1).mean() / rows.norm(dim=1).mean()
+        bundle.item_matrix = (rows * scale).contiguous()
     return bundle
 
 
