@@ -21,8 +21,12 @@ Resumable: logs, the token store and every finished (events, encoder) run are ke
 ``--out``); a rerun measures only what is missing (``--force`` remeasures).
 
 Accuracy (``--accuracy``): SASRec ids on ml-100k (recbole protocol, the tuned recipe otherwise)
-trained to early stopping with ``--loss inbatch --logq`` and with the full softmax ``--loss ce``,
-seeds ``--seeds``, each `linkedout train` in its own process with one torch thread.
+trained to early stopping with each loss of ``--losses`` (``LOSSES``: the full softmax ``ce``, the
+in-batch softmax with and without logQ and with a larger batch, mixed negatives ``sampled-N``),
+seeds ``--seeds``, each `linkedout train` in its own process with one torch thread. A finished run is
+kept under ``--work``/accuracy and reused (``--force`` reruns it).
+
+    .venv/bin/python benchmarks/scale_train.py --accuracy --losses ce inbatch sampled-1024
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from provenance import provenance
@@ -45,6 +50,17 @@ DEFAULT_WORK = Path.home() / ".cache" / "linkedout" / "synthetic" / "scale_train
 GOAL_THROUGHPUT = 0.8
 GOAL_RSS_RATIO = 1.5
 GOAL_RSS_GB = 4.0
+# --accuracy variants: `linkedout train` options on top of the sasrec/recbole recipe (batch 32)
+LOSSES: dict[str, list[str]] = {
+    "ce": ["--loss", "ce"],
+    "inbatch": ["--loss", "inbatch", "--logq"],
+    "inbatch-nologq": ["--loss", "inbatch", "--no-logq"],
+    "inbatch-b256": ["--loss", "inbatch", "--logq", "--batch-size", "256"],
+    "inbatch-nologq-b256": ["--loss", "inbatch", "--no-logq", "--batch-size", "256"],
+    "sampled-1024": ["--loss", "sampled", "--logq", "--negatives", "1024"],
+    "sampled-256": ["--loss", "sampled", "--logq", "--negatives", "256"],
+    "sampled-nologq-1024": ["--loss", "sampled", "--no-logq", "--negatives", "1024"],
+}
 
 
 def log_dir(args: argparse.Namespace, events: int) -> Path:
@@ -191,26 +207,25 @@ def goals(runs: dict) -> dict:
 def accuracy(args: argparse.Namespace, results: dict) -> None:
     folder = args.work / "accuracy"
     folder.mkdir(parents=True, exist_ok=True)
-    table: dict = {}
-    for loss in ("inbatch", "ce"):
+    table: dict = results.get("accuracy_ml100k", {}).get("losses", {})
+
+    def train(loss: str, seed: int) -> None:
+        path = folder / f"sasrec_{loss}_s{seed}.json"
+        if path.exists() and not args.force:
+            return
+        cmd = [sys.executable, "-m", "linkedout.train", "--dataset", "ml-100k"]
+        cmd += ["--protocol", "recbole", "--model", "sasrec", *LOSSES[loss]]
+        cmd += ["--seed", str(seed), "--quiet", "--json", str(path) + ".part"]
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        Path(str(path) + ".part").replace(path)
+
+    # each run is its own one-thread process: --jobs of them at once
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda job: train(*job), [(loss, seed) for loss in args.losses for seed in args.seeds]))
+    for loss in args.losses:
         rows = []
         for seed in args.seeds:
-            path = folder / f"sasrec_{loss}_s{seed}.json"
-            if not path.exists() or args.force:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "linkedout.train",
-                    "--dataset",
-                    "ml-100k",
-                    "--protocol",
-                    "recbole",
-                ]
-                cmd += ["--model", "sasrec", "--loss", loss, *(["--logq"] if loss == "inbatch" else [])]
-                cmd += ["--seed", str(seed), "--quiet", "--json", str(path) + ".part"]
-                subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-                Path(str(path) + ".part").replace(path)
-            run = json.loads(path.read_text())
+            run = json.loads((folder / f"sasrec_{loss}_s{seed}.json").read_text())
             rows.append(
                 {
                     "seed": seed,
@@ -220,10 +235,12 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
                 }
             )
         table[loss] = {
+            "options": LOSSES[loss],
             "runs": rows,
             "mean": {k: statistics.mean(r[k] for r in rows) for k in ("NDCG@10", "HR@10")},
             "std": {k: statistics.pstdev(r[k] for r in rows) for k in ("NDCG@10", "HR@10")},
         }
+        table[loss]["provenance"] = provenance()  # the code this loss's runs were read with
         print(
             f"ml-100k sasrec {loss}: NDCG@10 {table[loss]['mean']['NDCG@10']:.4f} "
             f"+- {table[loss]['std']['NDCG@10']:.4f} over seeds {list(args.seeds)}"
@@ -231,9 +248,10 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
     protocol = run["protocol"]["description"]
     results["accuracy_ml100k"] = {
         "protocol": protocol,
-        "note": "inbatch = --loss inbatch --logq; ce = full softmax; tuned sasrec/recbole recipe otherwise; "
-        "OMP_NUM_THREADS=1 per run",
-        **table,
+        "note": "each loss: its `options` on top of the tuned sasrec/recbole recipe (batch 32 unless the "
+        "options say otherwise); OMP_NUM_THREADS=1 per run; a loss's runs kept from earlier calls keep "
+        "their provenance",
+        "losses": table,
         "provenance": provenance(),
     }
     save(args.out, results)
@@ -269,6 +287,14 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="remeasure runs already in --out")
     ap.add_argument("--accuracy", action="store_true", help="only the ml-100k loss comparison")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--losses",
+        nargs="+",
+        default=["ce", "inbatch"],
+        choices=list(LOSSES),
+        help="--accuracy: losses to run",
+    )
+    ap.add_argument("--jobs", type=int, default=1, help="--accuracy: runs at once (one thread each)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--encoder", default="id", help=argparse.SUPPRESS)
     ap.add_argument("--features", type=Path, help=argparse.SUPPRESS)
