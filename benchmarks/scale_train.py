@@ -60,6 +60,8 @@ LOSSES: dict[str, list[str]] = {
     "sampled-1024": ["--loss", "sampled", "--logq", "--negatives", "1024"],
     "sampled-256": ["--loss", "sampled", "--logq", "--negatives", "256"],
     "sampled-nologq-1024": ["--loss", "sampled", "--no-logq", "--negatives", "1024"],
+    "sampled-1024-nomask": ["--loss", "sampled", "--logq", "--negatives", "1024", "--no-mask-window"],
+    "inbatch-nomask": ["--loss", "inbatch", "--logq", "--no-mask-window"],
 }
 
 

@@ -27,6 +27,9 @@ class ModelConfig:
         "ce", "--loss", "ce (full softmax) | inbatch | sampled (in-batch + shared uniform negatives)"
     )
     logq: bool = flag_field(False, "--logq/--no-logq", "Log-popularity correction (inbatch, sampled).")
+    mask_window: bool = flag_field(
+        True, "--mask-window/--no-mask-window", "inbatch, sampled: a row's own items are not its negatives."
+    )
     knn_neighbours: int = 200
     knn_history: int = 1
     # pairwise families (bpr, lightgcn)

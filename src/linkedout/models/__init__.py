@@ -90,7 +90,13 @@ def build_model(
         trained = torch.as_tensor(train_counts > 0) if train_counts is not None else None
         negatives = config.negatives if config.loss == "sampled" else 0
         return SequentialRecommender(
-            items, user, loss=config.loss, logq=logq, trained_items=trained, negatives=negatives
+            items,
+            user,
+            loss=config.loss,
+            logq=logq,
+            trained_items=trained,
+            negatives=negatives,
+            mask_window=config.mask_window,
         )
     if config.name in ("bpr", "lightgcn"):
         from linkedout.models.bpr import BPRMF, trained_mask

@@ -41,6 +41,7 @@ class SequentialRecommender(Recommender):
         logq: torch.Tensor | None = None,
         trained_items: torch.Tensor | None = None,
         negatives: int = 0,
+        mask_window: bool = True,
     ) -> None:
         super().__init__()
         if loss not in ("ce", "inbatch", "sampled"):
@@ -53,6 +54,7 @@ class SequentialRecommender(Recommender):
         self.user_encoder = user_encoder
         self.loss_name = loss
         self.negatives = negatives
+        self.mask_window = mask_window
         self.corrected = logq is not None
         self.n_items = item_encoder.n_items
         # log sampling probability of each item as an in-batch negative (its training frequency)
@@ -221,6 +223,10 @@ class SequentialRecommender(Recommender):
         """Cross-entropy of ``states`` over the sorted ``candidates`` (their ``vectors``), each logit
         minus its ``correction`` (logQ), with each row's own window masked out of its negatives."""
         logits = states @ vectors.T - correction[None, :]
+        if not self.mask_window:
+            # the row's own items stay negatives, as in the full softmax: under a protocol that does
+            # not mask the history at ranking time the model must learn to rank them low
+            return F.cross_entropy(logits, target_col)
         # items in the row user's own window are not negatives for that user (only its target counts)
         window = torch.cat([batch.inputs, batch.targets[:, -1:]], dim=1)
         col = torch.searchsorted(candidates, window.clamp(min=0)).clamp(max=len(candidates) - 1)
