@@ -35,7 +35,9 @@ def batch() -> TrainBatch:
     )
 
 
-def reference_loss(model, batch: TrainBatch, negatives: list[int], logq: bool) -> torch.Tensor:
+def reference_loss(
+    model, batch: TrainBatch, negatives: list[int], logq: bool, mask_window: bool
+) -> torch.Tensor:
     """The loss written out: candidates = the distinct targets and negatives; each logit minus
     log(n_targets * p(i) + N / n_trained) with p the +1-smoothed training frequency; per position,
     every candidate in the row's own window other than its target is masked."""
@@ -54,23 +56,23 @@ def reference_loss(model, batch: TrainBatch, negatives: list[int], logq: bool) -
     for j, (row, target) in enumerate(zip(rows, targets, strict=True)):
         window = {int(i) for i in torch.cat([batch.inputs[row], batch.targets[row]]) if i != PAD}
         for c, item in enumerate(candidates):
-            mask[j, c] = item in window and item != target
+            mask[j, c] = mask_window and item in window and item != target
     labels = torch.tensor([candidates.index(t) for t in targets])
     return F.cross_entropy(logits.masked_fill(mask, float("-inf")), labels)
 
 
-@pytest.mark.parametrize("logq", [True, False])
-def test_sampled_loss_equals_the_reference_for_a_fixed_negative_set(logq):
+@pytest.mark.parametrize(("logq", "mask_window"), [(True, True), (False, True), (True, False)])
+def test_sampled_loss_equals_the_reference_for_a_fixed_negative_set(logq, mask_window):
     """Same loss and same gradient on every parameter; the negatives repeat an item, include a target
     of the batch (8) and items of row 0's and row 1's own windows (5, 9)."""
-    model = sampled_model(logq=logq)
+    model = sampled_model(logq=logq, mask_window=mask_window)
     b = batch()
     valid = (b.inputs != PAD) & (b.targets != PAD)
     negatives = [1, 6, 6, 8, 5, 9, 14]
     results = []
     for compute in (
         lambda: model.in_batch_loss(b, valid, torch.tensor(negatives))[0],
-        lambda: reference_loss(model, b, negatives, logq),
+        lambda: reference_loss(model, b, negatives, logq, mask_window),
     ):
         model.zero_grad()
         loss = compute()
@@ -101,6 +103,9 @@ def test_shared_negatives_in_a_rows_window_or_among_targets_change_nothing_witho
     torch.testing.assert_close(model.in_batch_loss(b, valid, torch.tensor([8, 15, 3]))[0], inbatch)
     # 1 is in nobody's window: a real negative, the loss grows
     assert model.in_batch_loss(b, valid, torch.tensor([1]))[0] > inbatch
+    # --no-mask-window: the row's own items are negatives again, 9 among them
+    unmasked = sampled_model(logq=False, mask_window=False)
+    assert unmasked.in_batch_loss(b, valid, torch.tensor([9]))[0] > unmasked.in_batch_loss(b, valid)[0]
 
 
 def test_negatives_are_drawn_from_trained_items_only_and_need_a_count():
