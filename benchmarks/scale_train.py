@@ -213,7 +213,7 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
 
     def train(loss: str, seed: int) -> None:
         path = folder / f"sasrec_{loss}_s{seed}.json"
-        if path.exists() and not args.force:
+        if (path.exists() and not args.force) or args.collect_only:
             return
         cmd = [sys.executable, "-m", "linkedout.train", "--dataset", "ml-100k"]
         cmd += ["--protocol", "recbole", "--model", "sasrec", *LOSSES[loss]]
@@ -225,9 +225,13 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: train(*job), [(loss, seed) for loss in args.losses for seed in args.seeds]))
     for loss in args.losses:
-        rows = []
+        rows, missing = [], []
         for seed in args.seeds:
-            run = json.loads((folder / f"sasrec_{loss}_s{seed}.json").read_text())
+            path = folder / f"sasrec_{loss}_s{seed}.json"
+            if not path.exists():  # --collect-only: a run not finished (yet)
+                missing.append(seed)
+                continue
+            run = json.loads(path.read_text())
             rows.append(
                 {
                     "seed": seed,
@@ -236,8 +240,12 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
                     "train_seconds": run["train_seconds"],
                 }
             )
+        if not rows:
+            print(f"ml-100k sasrec {loss}: no finished run")
+            continue
         table[loss] = {
             "options": LOSSES[loss],
+            "missing_seeds": missing,
             "runs": rows,
             "mean": {k: statistics.mean(r[k] for r in rows) for k in ("NDCG@10", "HR@10")},
             "std": {k: statistics.pstdev(r[k] for r in rows) for k in ("NDCG@10", "HR@10")},
@@ -245,7 +253,7 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
         table[loss]["provenance"] = provenance()  # the code this loss's runs were read with
         print(
             f"ml-100k sasrec {loss}: NDCG@10 {table[loss]['mean']['NDCG@10']:.4f} "
-            f"+- {table[loss]['std']['NDCG@10']:.4f} over seeds {list(args.seeds)}"
+            f"+- {table[loss]['std']['NDCG@10']:.4f} over seeds {[r['seed'] for r in rows]}"
         )
     protocol = run["protocol"]["description"]
     results["accuracy_ml100k"] = {
@@ -297,6 +305,9 @@ def main() -> None:
         help="--accuracy: losses to run",
     )
     ap.add_argument("--jobs", type=int, default=1, help="--accuracy: runs at once (one thread each)")
+    ap.add_argument(
+        "--collect-only", action="store_true", help="--accuracy: tabulate finished runs, start none"
+    )
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--encoder", default="id", help=argparse.SUPPRESS)
     ap.add_argument("--features", type=Path, help=argparse.SUPPRESS)
