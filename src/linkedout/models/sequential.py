@@ -14,6 +14,9 @@ Losses:
   expected count under that mixture, ``log(n_targets * p(i) + negatives / n_trained)``. A step costs
   ``positions x (distinct targets + negatives)``, still not the catalogue, and rare items, which the
   batch's targets almost never bring, get pushed down as negatives too.
+Both candidate losses drop a row's own items from its negatives unless ``mask_window`` is off; off,
+they stay negatives as in ``ce``, which matters where ranking does not mask the history (recbole; on
+ml-100k docs/benchmarks.md "The loss, on ml-100k" measures every variant against ``ce``).
 """
 
 from __future__ import annotations
