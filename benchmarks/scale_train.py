@@ -250,7 +250,7 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
             "mean": {k: statistics.mean(r[k] for r in rows) for k in ("NDCG@10", "HR@10")},
             "std": {k: statistics.pstdev(r[k] for r in rows) for k in ("NDCG@10", "HR@10")},
         }
-        table[loss]["provenance"] = provenance()  # the code this loss's runs were read with
+        table[loss]["provenance"] = provenance()  # the call that collected this loss's runs
         print(
             f"ml-100k sasrec {loss}: NDCG@10 {table[loss]['mean']['NDCG@10']:.4f} "
             f"+- {table[loss]['std']['NDCG@10']:.4f} over seeds {[r['seed'] for r in rows]}"
@@ -259,8 +259,8 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
     results["accuracy_ml100k"] = {
         "protocol": protocol,
         "note": "each loss: its `options` on top of the tuned sasrec/recbole recipe (batch 32 unless the "
-        "options say otherwise); OMP_NUM_THREADS=1 per run; a loss's runs kept from earlier calls keep "
-        "their provenance",
+        "options say otherwise); OMP_NUM_THREADS=1 per run; each provenance here is the call that "
+        "collected the runs, which may have been made by earlier calls (kept under --work/accuracy)",
         "losses": table,
         "provenance": provenance(),
     }
