@@ -24,9 +24,12 @@ Resumable: logs, the token store and every finished (events, encoder) run are ke
 ``--out``); a rerun measures only what is missing (``--force`` remeasures).
 
 Accuracy (``--accuracy``): SASRec ids on ml-100k (recbole protocol, the tuned recipe otherwise)
-trained to early stopping with ``--loss inbatch --logq``, with the same plus ``--sparse-ids 1000``
-(the item table on SparseAdam) and with the full softmax ``--loss ce``, seeds ``--seeds``, each
-`linkedout train` in its own process with one torch thread.
+trained to early stopping with each loss of ``--losses`` (``LOSSES``: the full softmax ``ce``, the
+in-batch softmax with and without logQ and with a larger batch, mixed negatives ``sampled-N``),
+seeds ``--seeds``, each `linkedout train` in its own process with one torch thread. A finished run is
+kept under ``--work``/accuracy and reused (``--force`` reruns it).
+
+    .venv/bin/python benchmarks/scale_train.py --accuracy --losses ce inbatch sampled-1024
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from provenance import provenance
@@ -49,6 +53,22 @@ DEFAULT_WORK = Path.home() / ".cache" / "linkedout" / "synthetic" / "scale_train
 GOAL_THROUGHPUT = 0.8
 GOAL_RSS_RATIO = 1.5
 GOAL_RSS_GB = 4.0
+# --accuracy variants: `linkedout train` options on top of the sasrec/recbole recipe (batch 32)
+LOSSES: dict[str, list[str]] = {
+    "ce": ["--loss", "ce"],
+    "inbatch": ["--loss", "inbatch", "--logq"],
+    "inbatch-nologq": ["--loss", "inbatch", "--no-logq"],
+    "inbatch-b256": ["--loss", "inbatch", "--logq", "--batch-size", "256"],
+    "inbatch-nologq-b256": ["--loss", "inbatch", "--no-logq", "--batch-size", "256"],
+    "sampled-1024": ["--loss", "sampled", "--logq", "--negatives", "1024"],
+    "sampled-256": ["--loss", "sampled", "--logq", "--negatives", "256"],
+    "sampled-nologq-1024": ["--loss", "sampled", "--no-logq", "--negatives", "1024"],
+    "sampled-1024-nomask": ["--loss", "sampled", "--logq", "--negatives", "1024", "--no-mask-window"],
+    "inbatch-nomask": ["--loss", "inbatch", "--logq", "--no-mask-window"],
+    # the in-batch loss with the item table on sparse gradients + SparseAdam (1,682 rows; SASRec's
+    # 50-row position table stays on AdamW)
+    "inbatch_sparse": ["--loss", "inbatch", "--logq", "--sparse-ids", "1000"],
+}
 
 
 def log_dir(args: argparse.Namespace, events: int) -> Path:
@@ -205,32 +225,28 @@ def goals(runs: dict) -> dict:
 def accuracy(args: argparse.Namespace, results: dict) -> None:
     folder = args.work / "accuracy"
     folder.mkdir(parents=True, exist_ok=True)
-    table: dict = {}
-    variants = {
-        "inbatch": ["--loss", "inbatch", "--logq"],
-        "ce": ["--loss", "ce"],
-        # the same in-batch loss with the item table on sparse gradients + SparseAdam (1,682 rows;
-        # SASRec's 50-row position table stays on AdamW)
-        "inbatch_sparse": ["--loss", "inbatch", "--logq", "--sparse-ids", "1000"],
-    }
-    for loss, flags in variants.items():
-        rows = []
+    table: dict = results.get("accuracy_ml100k", {}).get("losses", {})
+
+    def train(loss: str, seed: int) -> None:
+        path = folder / f"sasrec_{loss}_s{seed}.json"
+        if (path.exists() and not args.force) or args.collect_only:
+            return
+        cmd = [sys.executable, "-m", "linkedout.train", "--dataset", "ml-100k"]
+        cmd += ["--protocol", "recbole", "--model", "sasrec", *LOSSES[loss]]
+        cmd += ["--seed", str(seed), "--quiet", "--json", str(path) + ".part"]
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        Path(str(path) + ".part").replace(path)
+
+    # each run is its own one-thread process: --jobs of them at once
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda job: train(*job), [(loss, seed) for loss in args.losses for seed in args.seeds]))
+    for loss in args.losses:
+        rows, missing = [], []
         for seed in args.seeds:
             path = folder / f"sasrec_{loss}_s{seed}.json"
-            if not path.exists() or args.force:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "linkedout.train",
-                    "--dataset",
-                    "ml-100k",
-                    "--protocol",
-                    "recbole",
-                ]
-                cmd += ["--model", "sasrec", *flags]
-                cmd += ["--seed", str(seed), "--quiet", "--json", str(path) + ".part"]
-                subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-                Path(str(path) + ".part").replace(path)
+            if not path.exists():  # --collect-only: a run not finished (yet)
+                missing.append(seed)
+                continue
             run = json.loads(path.read_text())
             rows.append(
                 {
@@ -240,22 +256,28 @@ def accuracy(args: argparse.Namespace, results: dict) -> None:
                     "train_seconds": run["train_seconds"],
                 }
             )
+        if not rows:
+            print(f"ml-100k sasrec {loss}: no finished run")
+            continue
         table[loss] = {
+            "options": LOSSES[loss],
+            "missing_seeds": missing,
             "runs": rows,
             "mean": {k: statistics.mean(r[k] for r in rows) for k in ("NDCG@10", "HR@10")},
             "std": {k: statistics.pstdev(r[k] for r in rows) for k in ("NDCG@10", "HR@10")},
         }
+        table[loss]["provenance"] = provenance()  # the call that collected this loss's runs
         print(
             f"ml-100k sasrec {loss}: NDCG@10 {table[loss]['mean']['NDCG@10']:.4f} "
-            f"+- {table[loss]['std']['NDCG@10']:.4f} over seeds {list(args.seeds)}"
+            f"+- {table[loss]['std']['NDCG@10']:.4f} over seeds {[r['seed'] for r in rows]}"
         )
     protocol = run["protocol"]["description"]
     results["accuracy_ml100k"] = {
         "protocol": protocol,
-        "note": "inbatch = --loss inbatch --logq; ce = full softmax; inbatch_sparse = inbatch with "
-        "--sparse-ids 1000 (the item table on SparseAdam); tuned sasrec/recbole recipe otherwise; "
-        "OMP_NUM_THREADS=1 per run",
-        **table,
+        "note": "each loss: its `options` on top of the tuned sasrec/recbole recipe (batch 32 unless the "
+        "options say otherwise); OMP_NUM_THREADS=1 per run; each provenance here is the call that "
+        "collected the runs, which may have been made by earlier calls (kept under --work/accuracy)",
+        "losses": table,
         "provenance": provenance(),
     }
     save(args.out, results)
@@ -294,6 +316,17 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="remeasure runs already in --out")
     ap.add_argument("--accuracy", action="store_true", help="only the ml-100k loss comparison")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--losses",
+        nargs="+",
+        default=["ce", "inbatch"],
+        choices=list(LOSSES),
+        help="--accuracy: losses to run",
+    )
+    ap.add_argument("--jobs", type=int, default=1, help="--accuracy: runs at once (one thread each)")
+    ap.add_argument(
+        "--collect-only", action="store_true", help="--accuracy: tabulate finished runs, start none"
+    )
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--encoder", default="id", help=argparse.SUPPRESS)
     ap.add_argument("--features", type=Path, help=argparse.SUPPRESS)

@@ -42,8 +42,8 @@ def test_every_flagged_config_field_is_listed_by_train_help():
     flagged = config_flags(ModelConfig) + config_flags(TrainConfig)
     # the 20 hyperparameters the CLI offered before they moved into the fields, + bpr/lightgcn's 2
     # (negatives, layers) + tiger's 3 (code levels, codebook size, beam) + lightgcn's cold items 2
-    # (isolated scale, isolate items) + the trainer's --sparse-ids
-    assert len(flagged) == 20 + 2 + 3 + 2 + 1
+    # (isolated scale, isolate items) + the trainer's --sparse-ids + the in-batch/sampled window masking
+    assert len(flagged) == 20 + 2 + 3 + 2 + 1 + 1
     for _, flag in flagged:
         for spelling in flag.split("/"):  # "--id-fusion/--no-id-fusion": both spellings are listed
             assert spelling in result.output

@@ -23,12 +23,19 @@ class ModelConfig:
     blocks: int = flag_field(2, "--blocks", "sasrec: transformer blocks; gru4rec: GRU layers.")
     heads: int = flag_field(2, "--heads", "sasrec: attention heads per block.")
     dropout: float = flag_field(0.2, "--dropout")
-    loss: str = flag_field("ce", "--loss", "ce (full softmax) | inbatch")
-    logq: bool = flag_field(False, "--logq/--no-logq", "Log-popularity correction (inbatch).")
+    loss: str = flag_field(
+        "ce", "--loss", "ce (full softmax) | inbatch | sampled (in-batch + shared uniform negatives)"
+    )
+    logq: bool = flag_field(False, "--logq/--no-logq", "Log-popularity correction (inbatch, sampled).")
+    mask_window: bool = flag_field(
+        True, "--mask-window/--no-mask-window", "inbatch, sampled: a row's own items are not its negatives."
+    )
     knn_neighbours: int = 200
     knn_history: int = 1
     # pairwise families (bpr, lightgcn)
-    negatives: int = flag_field(1, "--negatives", "bpr, lightgcn: negatives drawn per positive.")
+    negatives: int = flag_field(
+        1, "--negatives", "bpr, lightgcn: negatives drawn per positive; --loss sampled: shared per step."
+    )
     layers: int = flag_field(3, "--layers", "lightgcn: propagation layers K.")
     isolated_scale: float | None = flag_field(
         None, "--isolated-scale", "lightgcn: a cold item's vector = its layer 0 times this (default 1/(K+1))."

@@ -88,7 +88,16 @@ def build_model(
         user = build_user_encoder(config, max_len)
         items = build_item_encoder(config, n_items, features, train_counts)
         trained = torch.as_tensor(train_counts > 0) if train_counts is not None else None
-        return SequentialRecommender(items, user, loss=config.loss, logq=logq, trained_items=trained)
+        negatives = config.negatives if config.loss == "sampled" else 0
+        return SequentialRecommender(
+            items,
+            user,
+            loss=config.loss,
+            logq=logq,
+            trained_items=trained,
+            negatives=negatives,
+            mask_window=config.mask_window,
+        )
     if config.name in ("bpr", "lightgcn"):
         from linkedout.models.bpr import BPRMF, trained_mask
 

@@ -8,9 +8,20 @@ Losses:
   MicroLens style; scales to catalogues where full softmax does not). Each distinct item of the batch
   (history and targets, PAD left out) goes through the item encoder once per step, so a content
   encoder's cost follows the batch, not the catalogue.
+- ``sampled``: mixed negative sampling (Yang et al., WWW 2020): the in-batch candidates plus
+  ``negatives`` items drawn uniformly from the training catalogue once per step and shared by every
+  row, the same window masking; with logQ each candidate's logit is corrected by the log of its
+  expected count under that mixture, ``log(n_targets * p(i) + negatives / n_trained)``. A step costs
+  ``positions x (distinct targets + negatives)``, still not the catalogue, and rare items, which the
+  batch's targets almost never bring, get pushed down as negatives too.
+Both candidate losses drop a row's own items from its negatives unless ``mask_window`` is off; off,
+they stay negatives as in ``ce``, which matters where ranking does not mask the history (recbole; on
+ml-100k docs/benchmarks.md "The loss, on ml-100k" measures every variant against ``ce``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,13 +43,22 @@ class SequentialRecommender(Recommender):
         loss: str = "ce",
         logq: torch.Tensor | None = None,
         trained_items: torch.Tensor | None = None,
+        negatives: int = 0,
+        mask_window: bool = True,
     ) -> None:
         super().__init__()
-        if loss not in ("ce", "inbatch"):
-            raise ValueError(f"unknown loss {loss!r} (ce, inbatch)")
+        if loss not in ("ce", "inbatch", "sampled"):
+            raise ValueError(f"unknown loss {loss!r} (ce, inbatch, sampled)")
+        if loss == "sampled" and negatives < 1:
+            raise ValueError(
+                f"loss 'sampled' needs negatives >= 1 shared negatives per step, got {negatives}"
+            )
         self.item_encoder = item_encoder
         self.user_encoder = user_encoder
         self.loss_name = loss
+        self.negatives = negatives
+        self.mask_window = mask_window
+        self.corrected = logq is not None
         self.n_items = item_encoder.n_items
         # log sampling probability of each item as an in-batch negative (its training frequency)
         self.register_buffer("logq", logq if logq is not None else torch.zeros(self.n_items))
@@ -113,8 +133,30 @@ class SequentialRecommender(Recommender):
             columns = F.pad(self.softmax_column[targets], (0, pad), value=IGNORE)
             loss = F.cross_entropy(self.softmax_logits(states, matrix), columns, ignore_index=IGNORE)
         else:
-            loss, aux = self.in_batch_loss(batch, valid)
+            negatives = self.sample_negatives(batch.inputs.device) if self.loss_name == "sampled" else None
+            loss, aux = self.in_batch_loss(batch, valid, negatives)
         return loss if aux is None else loss + aux
+
+    def sample_negatives(self, device: torch.device) -> torch.Tensor:
+        """The step's shared negatives: ``self.negatives`` items drawn uniformly, with replacement,
+        from the items with training events (the catalogue the ``ce`` softmax covers). With
+        replacement so a draw costs ``negatives``, not the catalogue (a permutation would)."""
+        pool = self.n_items if self._softmax_items is None else len(self._softmax_items)
+        draw = torch.randint(pool, (self.negatives,), device=device)
+        return draw if self._softmax_items is None else self._softmax_items[draw]
+
+    def correction(self, candidates: torch.Tensor, n_targets: int, n_negatives: int) -> torch.Tensor:
+        """What each candidate's logit loses: the log of its expected count among the step's
+        candidate draws. In-batch only: ``log p(i)`` (a constant ``log n_targets`` apart, which the
+        softmax ignores). With ``n_negatives`` uniform draws over the ``n_trained`` items the two
+        proposals add up, ``log(n_targets * p(i) + n_negatives / n_trained)``, and the constant no
+        longer cancels. Zero without logQ."""
+        logq = self.logq[candidates]
+        if not self.corrected or n_negatives == 0:
+            return logq
+        n_trained = self.n_items if self._softmax_items is None else len(self._softmax_items)
+        uniform = torch.full_like(logq, math.log(n_negatives / n_trained))
+        return torch.logaddexp(logq + math.log(n_targets), uniform)
 
     def softmax_logits(self, states: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         """Logits of the training softmax: one column per item that has training events. Gathering
@@ -129,11 +171,12 @@ class SequentialRecommender(Recommender):
         return (states @ matrix.T).masked_fill(self.softmax_column < 0, NEG_INF)
 
     def in_batch_loss(
-        self, batch: TrainBatch, valid: torch.Tensor
+        self, batch: TrainBatch, valid: torch.Tensor, negatives: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The ``inbatch`` loss and the item encoder's aux loss. One encode of the batch's distinct
-        items - its history and its targets, PAD left out - and both the history and the candidates
-        are gathered from it: with a content encoder the step costs what the batch touches, once.
+        """The ``inbatch`` loss (``sampled`` with the step's shared ``negatives``) and the item
+        encoder's aux loss. One encode of the batch's distinct items - its history, its targets and
+        the shared negatives, PAD left out - and both the history and the candidates are gathered
+        from it: with a content encoder the step costs what the batch touches, once.
         ``reference_in_batch_loss`` (history and candidates encoded apart, PAD as item 0) gives the
         same loss and gradients when nothing random runs (tests). Two differences by design: the
         aux loss is computed once over the distinct items instead of once per encode, and an item
@@ -141,12 +184,19 @@ class SequentialRecommender(Recommender):
         seen = batch.inputs != PAD
         history = batch.inputs[seen]
         targets = batch.targets[valid]
-        items, inverse = torch.unique(torch.cat([history, targets]), return_inverse=True)
+        shared = negatives if negatives is not None else targets.new_empty(0)
+        items, inverse = torch.unique(torch.cat([history, targets, shared]), return_inverse=True)
         vectors, aux = self.item_encoder.encode(items)
         states = self.user_encoder(gather_rows(vectors, inverse[: len(history)], seen), seen)[valid]
-        # the candidates are the distinct targets, in item order like torch.unique(targets) would give
-        rows, target_col = torch.unique(inverse[len(history) :], return_inverse=True)
-        loss = self._candidate_softmax(states, items[rows], vectors[rows], target_col, batch, valid)
+        # the candidates are the distinct targets and shared negatives, in item order like
+        # torch.unique(targets) would give; a negative that is also a target is one candidate
+        rows, columns = torch.unique(inverse[len(history) :], return_inverse=True)
+        candidates = items[rows]
+        correction = self.correction(candidates, len(targets), len(shared))
+        target_col = columns[: len(targets)]
+        loss = self._candidate_softmax(
+            states, candidates, vectors[rows], target_col, batch, valid, correction
+        )
         return loss, aux
 
     def reference_in_batch_loss(
@@ -159,7 +209,8 @@ class SequentialRecommender(Recommender):
         states = self.user_encoder(x * seen[..., None], seen)[valid]
         candidates, target_col = torch.unique(batch.targets[valid], return_inverse=True)
         vectors, aux_candidates = self.item_encoder.encode(candidates)
-        loss = self._candidate_softmax(states, candidates, vectors, target_col, batch, valid)
+        correction = self.logq[candidates]
+        loss = self._candidate_softmax(states, candidates, vectors, target_col, batch, valid, correction)
         return loss, add_aux(aux, aux_candidates)
 
     def _candidate_softmax(
@@ -170,10 +221,15 @@ class SequentialRecommender(Recommender):
         target_col: torch.Tensor,
         batch: TrainBatch,
         valid: torch.Tensor,
+        correction: torch.Tensor,
     ) -> torch.Tensor:
-        """Cross-entropy of ``states`` over the sorted ``candidates`` (their ``vectors``), logQ-corrected,
-        with each row's own window masked out of its negatives."""
-        logits = states @ vectors.T - self.logq[candidates][None, :]
+        """Cross-entropy of ``states`` over the sorted ``candidates`` (their ``vectors``), each logit
+        minus its ``correction`` (logQ), with each row's own window masked out of its negatives."""
+        logits = states @ vectors.T - correction[None, :]
+        if not self.mask_window:
+            # the row's own items stay negatives, as in the full softmax: under a protocol that does
+            # not mask the history at ranking time the model must learn to rank them low
+            return F.cross_entropy(logits, target_col)
         # items in the row user's own window are not negatives for that user (only its target counts)
         window = torch.cat([batch.inputs, batch.targets[:, -1:]], dim=1)
         col = torch.searchsorted(candidates, window.clamp(min=0)).clamp(max=len(candidates) - 1)
