@@ -10,8 +10,8 @@
   scores as float32 scoring (tests/test_serve_engine.py), at 6 bytes per dimension per item instead of 4.
   ``precision="int8"`` (``--index exact-int8``) does the same with 8-bit rows (one scale per item) and
   torch's int8 GEMM (fbgemm/oneDNN, VNNI where the CPU has it): a quarter of the float32 bytes per
-  request, 3-5x faster than the float32 product for one user at 100k items here; `Int8Scores` says
-  why its error bound holds.
+  request, about half the float32 search time for one user at 100k items here (docs/benchmarks.md,
+  "third round"); `Int8Scores` says why its error bound holds.
 - `FaissIndex`: FAISS ``flat`` (exact, for parity), ``ivf`` (IVF-Flat, ``nprobe`` lists), ``ivfpq``
   (IVF with product-quantised codes, ``pq_m`` bytes per vector, re-ranked in float32) and ``hnsw``
   (HNSW-Flat) with inner-product metric, for catalogues where a full product per query is too slow.
