@@ -258,3 +258,23 @@ def test_faiss_index_is_built_once_and_then_read_from_the_cache(tmp_path, monkey
     }
     assert len(paths) == 4
     assert FaissIndex(matrix, None, "hnsw", cache_dir=tmp_path, ef_search=256).cache_path == first.cache_path
+
+
+def test_clustered_random_catalogue_has_its_clusters_and_the_default_is_unchanged():
+    """``random_vector_bundle(clusters=C)`` (the benchmarks' SYNTHETIC clustered rows): every row is
+    lies near one of C centres (most of the spread in C - 1 directions), norms match the Gaussian
+    rows', and ``clusters=0`` is the plain model initialisation (the same rows as before the option)."""
+    from linkedout.synthetic import random_vector_bundle, synthetic_bundle
+
+    plain = random_vector_bundle(2000, dim=16, max_len=5)
+    old, _ = synthetic_bundle(2000, item_encoder="id", dim=16, max_len=5, seed=0, titles=[None] * 2000)
+    assert torch.equal(plain.item_matrix, old.item_matrix)
+    clustered = random_vector_bundle(2000, dim=16, max_len=5, clusters=4, spread=0.1).item_matrix
+    ratio = clustered.norm(dim=1).mean() / plain.item_matrix.norm(dim=1).mean()
+    assert abs(float(ratio) - 1.0) < 1e-4
+    # 4 tight clusters: the 4 largest singular directions hold nearly all the spread around the mean
+    centred = clustered - clustered.mean(0)
+    s = torch.linalg.svdvals(centred) ** 2
+    assert float(s[:3].sum() / s.sum()) > 0.9  # 4 centres span 3 directions around their mean
+    s_plain = torch.linalg.svdvals(plain.item_matrix - plain.item_matrix.mean(0)) ** 2
+    assert float(s_plain[:3].sum() / s_plain.sum()) < 0.5
