@@ -107,15 +107,6 @@ def search_ms(index, dim: int, batch: int, repeats: int = 50) -> float:
     return float(np.median(times) * 1000)
 
 
-def set_search_knob(index, kind: str, value: int) -> None:
-    """efSearch (HNSW) or nprobe (IVF) of a built FaissIndex, as `FaissIndex.__init__` sets them."""
-    faiss = index.faiss
-    if kind == "hnsw":
-        faiss.downcast_index(index._base.index).hnsw.efSearch = value
-    else:
-        faiss.extract_index_ivf(index._base).nprobe = min(value, index.nlist)
-
-
 def recall_at_10(exact: Engine, other: Engine, requests: list[RecRequest]) -> float:
     hits = 0
     for start in range(0, len(requests), 32):
@@ -205,7 +196,7 @@ def main() -> None:
         for knob in sweep:
             label = kind if len(sweep) == 1 else f"{kind}@{knob}"
             if knob is not None:
-                set_search_knob(engine.index, kind, knob)
+                engine.index.set_search(**{"ef_search" if kind == "hnsw" else "nprobe": knob})
             rows = {
                 "build_s": build if kind != "exact" else None,
                 "from_cache": bool(args.index_cache) and kind in ("flat", "ivf", "ivfpq", "hnsw"),

@@ -434,17 +434,23 @@ class FaissIndex:
             folder = Path(cache_dir) if isinstance(cache_dir, (str, Path)) else default_index_cache()
             self.cache_path = folder / f"{kind}-{_index_key(base, blk, build)}.faiss"
             self._base = self._cached(base.numpy(), blk, build)
-        if kind == "hnsw":
-            faiss.downcast_index(self._base.index).hnsw.efSearch = ef_search
-        elif kind in ("ivf", "ivfpq"):
-            faiss.extract_index_ivf(self._base).nprobe = min(nprobe, self.nlist)
-        self.nprobe = min(nprobe, self.nlist)
+        self.set_search(ef_search=ef_search, nprobe=nprobe)
         # PQ scores are approximate: fetch rerank*k candidates and score those in float32 (the rows are
         # kept for history lookups anyway), so the returned scores are exact and recall recovers
         self.rerank = rerank if kind == "ivfpq" else 1
         self._n0 = n
         self._vectors = ExactIndex(base)  # rows of both segments; its online segment is ours
         self._write = threading.Lock()
+
+    def set_search(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        """Search-time knobs of the built index (no rebuild): HNSW's efSearch, IVF's nprobe (at most
+        nlist); a knob the index kind does not have is ignored."""
+        if nprobe is not None:
+            self.nprobe = min(nprobe, self.nlist)
+            if self.kind in ("ivf", "ivfpq"):
+                self.faiss.extract_index_ivf(self._base).nprobe = self.nprobe
+        if ef_search is not None and self.kind == "hnsw":
+            self.faiss.downcast_index(self._base.index).hnsw.efSearch = ef_search
 
     @staticmethod
     def _build(
